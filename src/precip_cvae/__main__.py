@@ -1,0 +1,3 @@
+from precip_cvae.cli import main
+
+raise SystemExit(main())

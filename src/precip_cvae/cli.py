@@ -1,0 +1,216 @@
+"""The `precip-cvae` console script: options become objects here, and errors become one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from precip_cvae import __version__
+from precip_cvae.errors import InputError
+
+
+def _option(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs) -> None:
+    """Register ``--name`` under the reference's spelling (underscores) and the dashed one."""
+    flags = [name]
+    stem = name[2:]
+    for spelling in ("--" + stem.replace("-", "_"), "--" + stem.replace("_", "-"), *aliases):
+        if spelling not in flags:
+            flags.append(spelling)
+    parser.add_argument(*flags, **kwargs)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write the built-in synthetic benchmark (SRDRN arrays or NetCDF) with its oracle ensemble",
+        description="Write the synthetic benchmark: terrain, coastline, autocorrelated weather, predictors derived "
+        "from the large-scale state plus independent noise, high-resolution precipitation with a known random "
+        "small-scale part, and K redraws of it for every test day (the oracle ensemble, a CRPS floor).",
+    )
+    _option(p, "--out", "--output_dir", required=True, type=Path, help="directory to create")
+    _option(p, "--days", type=_positive_int, default=3000, help="number of days (default 3000)")
+    _option(p, "--test-fraction", type=float, default=0.2, help="last share of days used as test period (0.2)")
+    _option(p, "--format", choices=["srdrn", "netcdf"], default="srdrn", help="SRDRN .npy arrays or CF NetCDF")
+    _option(p, "--seed", type=int, default=0)
+    _option(p, "--hr-shape", type=_positive_int, nargs=2, default=(156, 132), metavar=("H", "W"))
+    _option(p, "--lr-shape", type=_positive_int, nargs=2, default=(13, 11), metavar=("h", "w"))
+    _option(p, "--channels", type=_positive_int, default=6, help="number of predictor channels C (6)")
+    _option(p, "--oracle-members", type=_positive_int, default=16, help="oracle redraws per test day K (16)")
+    _option(p, "--start-date", default="1981-01-01", help="date of the first day")
+    _option(p, "--overwrite", action="store_true", help="replace an existing output directory")
+    _option(p, "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from precip_cvae.data.synthetic import SynthOptions, run_synth
+
+    options = SynthOptions(
+        days=args.days,
+        test_fraction=args.test_fraction,
+        hr_shape=tuple(args.hr_shape),
+        lr_shape=tuple(args.lr_shape),
+        channels=args.channels,
+        oracle_members=args.oracle_members,
+        seed=args.seed,
+        start_date=args.start_date,
+    )
+    print(run_synth(options, args.out, fmt=args.format, overwrite=args.overwrite, progress=not args.quiet))
+    return 0
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="SRDRN arrays or NetCDF/Zarr -> the prepared per-day dataset",
+        description="Build <output_dir>/data: per-day X_lr and Y_hr files, statics, splits, categories, thresholds "
+        "in mm/day and the normalization. Either --input_dir (an SRDRN directory) or --lowres/--highres "
+        "(NetCDF/Zarr) with --train-period and --test-period.",
+    )
+    _option(p, "--input_dir", type=Path, help="SRDRN directory (predictors_*_mean_std_separate.npy, obs_*.npy, ...)")
+    _option(p, "--lowres", nargs="+", type=Path, help="NetCDF/Zarr files of predictors; each variable is a channel")
+    _option(p, "--highres", type=Path, help="NetCDF/Zarr file of high-resolution precipitation (NaN = missing)")
+    _option(p, "--statics", nargs="+", type=Path, help="land mask / valid mask / elevation on the high-res grid")
+    _option(p, "--train-period", help="YYYY-MM-DD:YYYY-MM-DD (NetCDF input)")
+    _option(p, "--test-period", help="YYYY-MM-DD:YYYY-MM-DD (NetCDF input)")
+    _option(p, "--pr-var", help="name of the precipitation variable in --highres if it has several")
+    _option(p, "--pr-units", help="units of --highres precipitation when its attribute is missing or wrong")
+    _option(p, "--coarsen", type=_positive_int, default=1, help="block-average predictors over NxN cells first")
+    _option(p, "--output_dir", required=True, type=Path, help="the dataset is written to <output_dir>/data")
+    _option(p, "--val-fraction", type=float, default=0.2, help="share of the training period for validation (0.2)")
+    _option(p, "--split", choices=["time", "random"], default="time", help="validation = last days (time) or random")
+    _option(p, "--seed", type=int, default=0, help="seed of a random split")
+    _option(p, "--heavy-quantile", type=float, default=0.95, help="heavy day: land mean >= this quantile (0.95)")
+    _option(p, "--dry-mm-per-day", type=float, default=1.0, help="dry day: land mean below this (1.0 mm/day)")
+    _option(p, "--spacing-km", type=float, default=4.0, help="cell size when the grid has no coordinates (4 km)")
+    _option(p, "--chunk-days", type=_positive_int, default=64, help="days read at once (64)")
+    _option(p, "--overwrite", action="store_true", help="replace an existing <output_dir>/data")
+    _option(p, "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from precip_cvae.data.prepare import PrepareOptions, format_summary, prepare
+
+    netcdf = args.lowres or args.highres
+    if args.input_dir and netcdf:
+        raise InputError("--input_dir and --lowres/--highres: give one kind of input, not both")
+    if args.input_dir:
+        from precip_cvae.data.srdrn import read_srdrn_directory
+
+        source = read_srdrn_directory(args.input_dir)
+    elif netcdf:
+        from precip_cvae.data.netcdf import read_netcdf
+
+        for flag, value in (("--lowres", args.lowres), ("--highres", args.highres)):
+            if not value:
+                raise InputError(f"{flag}: required with NetCDF input")
+        for flag, value in (("--train-period", args.train_period), ("--test-period", args.test_period)):
+            if not value:
+                raise InputError(f"{flag}: required with NetCDF input (YYYY-MM-DD:YYYY-MM-DD)")
+        source = read_netcdf(
+            args.lowres,
+            args.highres,
+            args.train_period,
+            args.test_period,
+            statics=args.statics,
+            pr_var=args.pr_var,
+            pr_units=args.pr_units,
+            coarsen=args.coarsen,
+        )
+    else:
+        raise InputError("give --input_dir (SRDRN arrays) or --lowres and --highres (NetCDF/Zarr)")
+    options = PrepareOptions(
+        val_fraction=args.val_fraction,
+        split=args.split,
+        seed=args.seed,
+        heavy_quantile=args.heavy_quantile,
+        dry_mm_per_day=args.dry_mm_per_day,
+        chunk_days=args.chunk_days,
+        spacing_km=args.spacing_km,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    summary = prepare(source, args.output_dir, options)
+    print(format_summary(summary, args.output_dir / "data"), end="")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="every stage on a small synthetic benchmark, end to end, on a CPU",
+        description="Run the pipeline on a small synthetic benchmark: synth, then prepare. Re-running replaces "
+        "the demo's own output directory.",
+    )
+    _option(p, "--out", type=Path, default=Path("precip-cvae-demo"), help="working directory (precip-cvae-demo)")
+    _option(p, "--days", type=_positive_int, default=1200, help="days of the benchmark (1200)")
+    _option(p, "--hr-shape", type=_positive_int, nargs=2, default=(96, 84), metavar=("H", "W"))
+    _option(p, "--lr-shape", type=_positive_int, nargs=2, default=(8, 7), metavar=("h", "w"))
+    _option(p, "--seed", type=int, default=0)
+    _option(p, "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from precip_cvae.demo import run_demo
+
+    run_demo(
+        args.out,
+        days=args.days,
+        hr_shape=tuple(args.hr_shape),
+        lr_shape=tuple(args.lr_shape),
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="precip-cvae",
+        description="Learn p(high-res daily precipitation | coarse inputs) with a conditional VAE, generate "
+        "synthetic heavy-precipitation days, and measure whether they help a downscaling network.",
+    )
+    parser.add_argument("--version", action="version", version=f"precip-cvae {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_synth(sub)
+    _add_prepare(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    show_traceback = args.traceback or bool(os.environ.get("PRECIP_CVAE_TRACEBACK"))
+    started = time.perf_counter()
+    try:
+        status = args.func(args)
+    except InputError as err:
+        if show_traceback:
+            raise
+        print(f"precip-cvae {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"precip-cvae {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, MemoryError) as err:
+        if show_traceback:
+            raise
+        print(f"precip-cvae {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    if args.command != "demo":
+        print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return status

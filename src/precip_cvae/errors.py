@@ -1,0 +1,9 @@
+"""Errors that the command line reports as one clear line (no traceback)."""
+
+
+class InputError(Exception):
+    """Bad user input: a missing file, a wrong shape, unknown units, a bad option.
+
+    The message must name the file, variable, key or shape at fault; the CLI prints it as
+    ``precip-cvae: error: <message>`` and exits with status 2.
+    """
