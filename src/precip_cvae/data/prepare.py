@@ -107,6 +107,8 @@ def prepare(source: DaySource, output_dir: str | Path, options: PrepareOptions |
     """
     options = options or PrepareOptions()
     options.validate()
+    if (Path(output_dir) / "data").exists() and not options.overwrite:
+        raise InputError(f"{Path(output_dir) / 'data'}: already exists (pass --overwrite to replace it)")
     H, W = source.hr_shape
     n_channels = len(source.variables)
     splits = _splits(source, options)

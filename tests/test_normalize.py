@@ -1,0 +1,50 @@
+import numpy as np
+
+from precip_cvae.data.normalize import (
+    TARGET_STD_FLOOR,
+    finalize_target_stats,
+    target_to_mm_per_day,
+    target_to_normalized,
+    threshold_to_normalized,
+)
+
+
+def test_round_trip_mm_normalized_mm():
+    rng = np.random.default_rng(1)
+    pr = np.where(rng.random((50, 7, 6)) < 0.5, 0.0, rng.gamma(0.6, 10.0, (50, 7, 6))).astype(np.float32)
+    mean = rng.uniform(0.2, 1.5, (7, 6)).astype(np.float32)
+    std = rng.uniform(0.3, 1.2, (7, 6)).astype(np.float32)
+    back = target_to_mm_per_day(target_to_normalized(pr, mean, std), mean, std)
+    np.testing.assert_allclose(back, pr, rtol=2e-6, atol=2e-6)
+
+
+def test_hand_computed_value_and_nan_and_negative():
+    mean, std = np.array([[0.5]]), np.array([[2.0]])
+    # log1p(e - 1) = 1 -> (1 - 0.5) / 2 = 0.25
+    z = target_to_normalized(np.array([[[np.e - 1.0]], [[np.nan]], [[-3.0]]]), mean, std)
+    assert np.isclose(z[0, 0, 0], 0.25, atol=1e-7)
+    assert np.isnan(z[1, 0, 0])
+    assert np.isclose(z[2, 0, 0], -0.25)  # negative precipitation is clipped to 0 mm/day
+    assert target_to_mm_per_day(np.array([[-100.0]]), mean, std)[0, 0] == 0.0
+
+
+def test_threshold_equivalent_holds_pixel_by_pixel():
+    rng = np.random.default_rng(2)
+    pr = rng.gamma(0.5, 8.0, (200, 4, 3))
+    mean = rng.uniform(0, 2, (4, 3))
+    std = rng.uniform(0.2, 2, (4, 3))
+    z = target_to_normalized(pr, mean, std)
+    zt = threshold_to_normalized(10.0, mean, std)
+    away = np.abs(pr - 10.0) > 1e-3  # float32 rounding right at the threshold aside
+    assert np.array_equal((z >= zt)[away], (pr >= 10.0)[away])
+
+
+def test_finalize_stats_hand_values_and_floor():
+    logs = np.log1p(np.array([[0.0, 1.0, 3.0], [2.0, 2.0, 2.0]]))  # two pixels over 3 days
+    count = np.array([3.0, 3.0])
+    mean, std = finalize_target_stats(count, logs.sum(1), (logs**2).sum(1))
+    np.testing.assert_allclose(mean, logs.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(std[0], logs[0].std(), rtol=1e-5)
+    assert std[1] == np.float32(TARGET_STD_FLOOR)  # constant pixel: floored
+    mean0, std0 = finalize_target_stats(np.zeros(1), np.zeros(1), np.zeros(1))
+    assert mean0[0] == 0.0 and std0[0] == 1.0  # no data: identity transform
