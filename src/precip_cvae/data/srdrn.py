@@ -119,16 +119,18 @@ def read_srdrn_directory(root: str | Path) -> DaySource:
     if d_train is not None and d_test is not None:
         dates = np.concatenate([d_train, d_test]).astype("datetime64[D]")
 
-    def take(train: np.ndarray, test: np.ndarray, start: int, stop: int) -> np.ndarray:
+    def take(train: str, test: str, start: int, stop: int) -> np.ndarray:
+        # A fresh memory map per chunk, closed right after: pages read through a long-lived map stay in
+        # the resident set and would make memory grow with the record's length.
         parts = []
         if start < n_train:
-            parts.append(np.asarray(train[start : min(stop, n_train)]))
+            parts.append(np.array(np.load(root / train, mmap_mode="r")[start : min(stop, n_train)]))
         if stop > n_train:
-            parts.append(np.asarray(test[max(start, n_train) - n_train : stop - n_train]))
+            parts.append(np.array(np.load(root / test, mmap_mode="r")[max(start, n_train) - n_train : stop - n_train]))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def read_predictors(start: int, stop: int) -> np.ndarray:
-        chunk = take(x_train, x_test, start, stop).astype(np.float32)
+        chunk = take(PREDICTORS_TRAIN, PREDICTORS_TEST, start, stop).astype(np.float32)
         bad = ~np.isfinite(chunk)
         if bad.any():
             day = start + int(np.argwhere(bad)[0][0])
@@ -138,7 +140,7 @@ def read_srdrn_directory(root: str | Path) -> DaySource:
         return np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))
 
     def read_target_normalized(start: int, stop: int) -> np.ndarray:
-        z = take(y_train, y_test, start, stop).astype(np.float32)
+        z = take(OBS_TRAIN, OBS_TEST, start, stop).astype(np.float32)
         if land_mask is not None:
             z[:, ~land_mask] = np.nan
         return z
