@@ -287,3 +287,39 @@ def test_fraser_real_data_with_a_coarsened_input(tmp_path, shared_data):
     block = source.read_target_mm(100, 101)[0, :5, :5].mean()
     # the predictor is normalized in prepare; here the raw block mean equals the target's
     assert source.read_predictors(100, 101)[0, 0, 0, 0] == pytest.approx(block, rel=1e-5)
+
+
+def test_synthetic_benchmark_srdrn_and_netcdf_prepare_alike(tmp_path):
+    """The same synthetic data through both input paths gives the same prepared dataset."""
+    from precip_cvae.data.synthetic import SynthOptions, run_synth
+
+    options = SynthOptions(days=90, hr_shape=(20, 18), lr_shape=(4, 3), oracle_members=2, seed=3)
+    run_synth(options, tmp_path / "srdrn", fmt="srdrn", progress=False)
+    run_synth(options, tmp_path / "nc", fmt="netcdf", progress=False)
+    prepare(read_srdrn_directory(tmp_path / "srdrn"), tmp_path / "a", PrepareOptions(progress=False))
+    nc = tmp_path / "nc"
+    dates = np.load(tmp_path / "srdrn" / "dates_train.npy"), np.load(tmp_path / "srdrn" / "dates_test.npy")
+    source = read_netcdf(
+        [nc / "lowres.nc"],
+        nc / "highres.nc",
+        f"{dates[0][0]}:{dates[0][-1]}",
+        f"{dates[1][0]}:{dates[1][-1]}",
+        statics=[nc / "statics.nc"],
+    )
+    prepare(source, tmp_path / "b", PrepareOptions(progress=False))
+    for name in ("split.json", "categories.json", "dates.json"):
+        assert _load(tmp_path / "a", name) == _load(tmp_path / "b", name), name
+    ta, tb = _load(tmp_path / "a", "thresholds.json"), _load(tmp_path / "b", "thresholds.json")
+    for key in ("P95", "P99", "P99.9"):
+        assert ta[key] == pytest.approx(tb[key], rel=1e-4)
+    for i in (0, 45, 89):
+        for kind in ("X_lr", "Y_hr"):
+            a = np.load(tmp_path / "a" / "data" / kind / f"day_{i:06d}.npy")
+            b = np.load(tmp_path / "b" / "data" / kind / f"day_{i:06d}.npy")
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3, equal_nan=True)
+    for name in ("valid_mask", "land_sea_mask", "elevation", "dist_to_coast_km"):
+        np.testing.assert_allclose(
+            np.load(tmp_path / "a" / "data" / "statics" / f"{name}.npy"),
+            np.load(tmp_path / "b" / "data" / "statics" / f"{name}.npy"),
+            rtol=1e-5,
+        )
