@@ -166,13 +166,9 @@ def test_determinism_chunking_and_seed(small: SyntheticBenchmark):
     for fn in ("target", "predictors", "expected_intensity"):
         whole = getattr(small, fn)(0, 70)
         np.testing.assert_array_equal(whole, getattr(again, fn)(0, 70))
-        parts = np.concatenate(
-            [getattr(small, fn)(0, 4), getattr(small, fn)(4, 41), getattr(small, fn)(41, 70)]
-        )
+        parts = np.concatenate([getattr(small, fn)(0, 4), getattr(small, fn)(4, 41), getattr(small, fn)(41, 70)])
         np.testing.assert_array_equal(whole, parts)
-    np.testing.assert_array_equal(
-        small.oracle(10, 13), np.concatenate([small.oracle(10, 11), small.oracle(11, 13)])
-    )
+    np.testing.assert_array_equal(small.oracle(10, 13), np.concatenate([small.oracle(10, 11), small.oracle(11, 13)]))
     np.testing.assert_array_equal(small.land_mask, again.land_mask)
     other = SyntheticBenchmark(replace(SMALL, seed=4))
     assert not np.array_equal(other.land_mask, small.land_mask)
@@ -355,9 +351,7 @@ def test_write_srdrn_round_trip(tmp_path: Path):
 
 
 def test_write_netcdf(tmp_path: Path):
-    opts = SynthOptions(
-        days=30, hr_shape=(48, 40), lr_shape=(8, 6), oracle_members=2, start_date="2001-03-05"
-    )
+    opts = SynthOptions(days=30, hr_shape=(48, 40), lr_shape=(8, 6), oracle_members=2, start_date="2001-03-05")
     bench = SyntheticBenchmark(opts)
     write_netcdf(bench, tmp_path, chunk_days=11, progress=False)
     land = bench.land_mask

@@ -175,17 +175,13 @@ def _validate(options: SynthOptions) -> tuple[tuple[int, int], tuple[int, int], 
     if not _is_int(options.channels) or options.channels < 1:
         raise InputError(f"SynthOptions.channels: must be an integer >= 1, got {options.channels!r}")
     if not _is_int(options.oracle_members) or options.oracle_members < 1:
-        raise InputError(
-            f"SynthOptions.oracle_members: must be an integer >= 1, got {options.oracle_members!r}"
-        )
+        raise InputError(f"SynthOptions.oracle_members: must be an integer >= 1, got {options.oracle_members!r}")
     if not _is_int(options.seed) or options.seed < 0:
         raise InputError(f"SynthOptions.seed: must be an integer >= 0, got {options.seed!r}")
     try:
         start = np.datetime64(str(options.start_date), "D")
     except ValueError:
-        raise InputError(
-            f"SynthOptions.start_date: not a date (YYYY-MM-DD): {options.start_date!r}"
-        ) from None
+        raise InputError(f"SynthOptions.start_date: not a date (YYYY-MM-DD): {options.start_date!r}") from None
     if np.isnat(start):
         raise InputError(f"SynthOptions.start_date: not a date (YYYY-MM-DD): {options.start_date!r}")
     return hr, lr, start, n_test
@@ -237,9 +233,7 @@ class _PowerLawFilter:
         n_fields = self.filters.shape[0]
         noise = np.empty((len(keys), n_fields, *self.padded), dtype=np.float32)
         for i, key in enumerate(keys):
-            np.random.default_rng(key).standard_normal(
-                (n_fields, *self.padded), dtype=np.float32, out=noise[i]
-            )
+            np.random.default_rng(key).standard_normal((n_fields, *self.padded), dtype=np.float32, out=noise[i])
         spec = sfft.rfft2(noise, axes=(-2, -1), overwrite_x=True)
         spec *= self.filters
         out = sfft.irfft2(spec, s=self.padded, axes=(-2, -1), overwrite_x=True)
@@ -495,9 +489,7 @@ class SyntheticBenchmark:
         norm = 1.0 / special.ndtr(_SIGMA_LOG * _RHO_MASK - threshold)
         return threshold.astype(np.float32), norm.astype(np.float32)
 
-    def _realize(
-        self, mu: np.ndarray, threshold: np.ndarray, norm: np.ndarray, fields: np.ndarray
-    ) -> np.ndarray:
+    def _realize(self, mu: np.ndarray, threshold: np.ndarray, norm: np.ndarray, fields: np.ndarray) -> np.ndarray:
         g_mask, g_other = fields[:, 0], fields[:, 1]
         log_i = _SIGMA_LOG * (_RHO_MASK * g_mask + math.sqrt(1 - _RHO_MASK**2) * g_other) - _SIGMA_LOG**2 / 2
         pr = np.where(g_mask > threshold, mu * norm * np.exp(log_i), np.float32(0.0)).astype(np.float32)
@@ -523,9 +515,7 @@ class SyntheticBenchmark:
         for b0, b1 in self._batches(start, stop):
             mu = self.expected_intensity(b0, b1)
             threshold, norm = self._wet_parameters(mu)
-            fields = self._filter.fields(
-                [[self._seed, d, member, _STREAM_SMALL_SCALE] for d in range(b0, b1)]
-            )
+            fields = self._filter.fields([[self._seed, d, member, _STREAM_SMALL_SCALE] for d in range(b0, b1)])
             out[b0 - start : b1 - start] = self._realize(mu, threshold, norm, fields)
         return out
 
@@ -571,9 +561,7 @@ class SyntheticBenchmark:
         # Always at least the base channels' noise, so fewer channels are a prefix of more channels.
         noise = np.stack(
             [
-                _rng(self._seed, d, 0, _STREAM_PREDICTOR_NOISE).standard_normal(
-                    (max(C, len(BASE_CHANNELS)), h, w)
-                )
+                _rng(self._seed, d, 0, _STREAM_PREDICTOR_NOISE).standard_normal((max(C, len(BASE_CHANNELS)), h, w))
                 for d in range(start, stop)
             ]
         )
@@ -674,9 +662,7 @@ def _write_rows(path: Path, first: int, rows: np.ndarray) -> None:
     del arr
 
 
-def write_oracle(
-    bench: SyntheticBenchmark, out_dir: Path, chunk_days: int = 32, progress: bool = True
-) -> None:
+def write_oracle(bench: SyntheticBenchmark, out_dir: Path, chunk_days: int = 32, progress: bool = True) -> None:
     """Write ``oracle/oracle_test.npy`` (n_test, K, H, W) float32 mm/day (NaN at sea) and its README.
 
     Test day j is global day ``n_train + j``. Written in chunks of days through a memory map.
@@ -701,9 +687,7 @@ def write_oracle(
     )
 
 
-def write_srdrn(
-    bench: SyntheticBenchmark, out_dir: Path, chunk_days: int = 128, progress: bool = True
-) -> None:
+def write_srdrn(bench: SyntheticBenchmark, out_dir: Path, chunk_days: int = 128, progress: bool = True) -> None:
     """Write the benchmark in SRDRN's preprocessed layout into the existing directory ``out_dir``.
 
     Two passes over the days, memory bounded by ``chunk_days``: training statistics first (per-channel
@@ -759,9 +743,7 @@ def write_srdrn(
     write_oracle(bench, out_dir, progress=progress)
 
 
-def _nc_grid(
-    ds: netCDF4.Dataset, bench: SyntheticBenchmark, lat: np.ndarray, lon: np.ndarray, with_time: bool
-) -> None:
+def _nc_grid(ds: netCDF4.Dataset, bench: SyntheticBenchmark, lat: np.ndarray, lon: np.ndarray, with_time: bool) -> None:
     """Global CF attributes, lat/lon coordinate variables and (optionally) the unlimited time axis."""
     ds.Conventions = "CF-1.8"
     ds.title = "precip_cvae synthetic downscaling benchmark"
@@ -785,9 +767,7 @@ def _nc_grid(
         time[:] = np.arange(bench.n_days, dtype=np.float64)
 
 
-def write_netcdf(
-    bench: SyntheticBenchmark, out_dir: Path, chunk_days: int = 128, progress: bool = True
-) -> None:
+def write_netcdf(bench: SyntheticBenchmark, out_dir: Path, chunk_days: int = 128, progress: bool = True) -> None:
     """Write the benchmark unnormalized as CF-1.8 NetCDF into the existing directory ``out_dir``.
 
     ``lowres.nc`` (one float32 variable per predictor channel, (time, lat, lon)), ``highres.nc`` (``pr``,
