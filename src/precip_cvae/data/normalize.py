@@ -16,6 +16,10 @@ TARGET_STD_FLOOR = 0.01
 #: Smallest per-channel std of a predictor (a constant channel stays finite).
 PREDICTOR_STD_FLOOR = 1e-12
 
+#: Amounts below this (mm/day) after the inverse transform are float32 round-off of a dry pixel (a stored
+#: z of an exact 0 comes back as ~1e-7), far below any gauge's resolution: they are returned as 0.
+ROUND_OFF_MM_PER_DAY = 1e-4
+
 
 def target_to_normalized(mm_per_day: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Precipitation in mm/day → normalized target.
@@ -43,10 +47,11 @@ def target_to_mm_per_day(normalized: np.ndarray, mean: np.ndarray, std: np.ndarr
 
     Returns
     -------
-    (..., H, W) float32 mm/day.
+    (..., H, W) float32 mm/day; amounts below :data:`ROUND_OFF_MM_PER_DAY` are 0.
     """
     z = np.asarray(normalized, dtype=np.float64)
-    return np.maximum(np.expm1(z * std + mean), 0.0).astype(np.float32)
+    pr = np.expm1(z * std + mean)
+    return np.where(pr < ROUND_OFF_MM_PER_DAY, 0.0, pr).astype(np.float32)
 
 
 def threshold_to_normalized(threshold_mm_per_day: float, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

@@ -14,28 +14,32 @@ def _lerp(a: float, b: float, t: float) -> float:
 class StreamingPercentiles:
     """Percentiles of a stream of non-negative values, equal to ``np.percentile(all_values, p)``.
 
-    Pass 1 (:meth:`count`) builds a histogram in log1p space (exact zeros in a bin of their own);
+    Pass 1 (:meth:`count`) builds a histogram with log-spaced bins (exact zeros in a bin of their own, so
+    do values below ``lower``);
     :meth:`plan` finds the bins that hold the order statistics needed; pass 2 (:meth:`collect`)
     keeps only the values in those bins, so memory stays small whatever the stream's length.
 
     Parameters
     ----------
     percentiles : values in [0, 100]
-    bin_width : bin width in log1p units (1e-3 is a 0.1 % relative width)
-    upper : upper edge in the values' units; larger values share one overflow bin
+    bin_width : bin width in natural-log units (5e-4 is a 0.05 % relative width)
+    lower, upper : range of the log-spaced bins; values outside share one bin at each end
     """
 
-    def __init__(self, percentiles: list[float], bin_width: float = 1e-3, upper: float = 1e5):
+    def __init__(self, percentiles: list[float], bin_width: float = 5e-4, lower: float = 1e-12, upper: float = 1e5):
         self.percentiles = [float(p) for p in percentiles]
         self.bin_width = bin_width
-        self.n_bins = int(np.ceil(np.log1p(upper) / bin_width)) + 2  # [zeros, bins..., overflow]
+        self.log_lower = float(np.log(lower))
+        # [zeros, below lower, log-spaced bins..., overflow]
+        self.n_bins = int(np.ceil((np.log(upper) - self.log_lower) / bin_width)) + 3
         self.counts = np.zeros(self.n_bins, dtype=np.int64)
         self._needed: dict[int, list[int]] | None = None
         self._kept: dict[int, list[np.ndarray]] = {}
 
     def _bins(self, values: np.ndarray) -> np.ndarray:
-        index = np.floor(np.log1p(values) / self.bin_width).astype(np.int64) + 1
-        index = np.minimum(index, self.n_bins - 1)
+        with np.errstate(divide="ignore"):
+            scaled = (np.log(values) - self.log_lower) / self.bin_width
+        index = np.clip(np.floor(scaled), -1, self.n_bins - 3).astype(np.int64) + 2
         index[values <= 0] = 0
         return index
 
