@@ -1,0 +1,241 @@
+"""The one configuration schema: frozen dataclasses, YAML in, ``key=value`` overrides, errors that name the key.
+
+Sections and keys follow the reference design's ``config.yaml`` (``train.epochs``, ``train.batch_size``,
+``train.lr``, ``loss.lambda_ext``, ``loss.lambda_mass``, ``loss.beta_kl``, ``model.d_z``,
+``model.base_filters``, ...). Defaults ← YAML file ← command-line overrides, in that order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from precip_cvae.errors import InputError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where things are. ``data_root`` is what `prepare` wrote (``<output_dir>/data``)."""
+
+    data_root: str = "data"
+    outputs_root: str = "outputs/cvae"
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and options of the cVAE.
+
+    ``prior``: "standard" (the reference's N(0, I)) or "conditional" (a learned p(z | X_lr), so that
+    prior-mode samples depend on the day). ``decoder_statics``: give the static maps to the decoder too.
+    """
+
+    d_z: int = 64
+    base_filters: int = 64
+    d_x: int = 128
+    d_y: int = 256
+    prior: str = "standard"
+    decoder_statics: bool = False
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights: ``L_total = L_rec + lambda_mass * L_mass + beta * L_kl``, with
+    ``L_rec = lambda_base * MAE_all + lambda_ext * MAE_ext``.
+
+    ``extreme_threshold``: which threshold marks extreme pixels — a key of thresholds.json ("P95",
+    "P99", "P99.9") or a number in mm/day. ``free_bits``: nats per latent dimension not penalized.
+    """
+
+    lambda_base: float = 1.0
+    lambda_ext: float = 3.0
+    lambda_mass: float = 0.1
+    beta_kl: float = 0.5
+    extreme_threshold: str | float = "P95"
+    free_bits: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization and bookkeeping. ``warmup_epochs`` is the KL warm-up (beta grows linearly)."""
+
+    epochs: int = 80
+    batch_size: int = 6
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    amp: bool = True
+    grad_clip: float = 1.0
+    accumulate: int = 1
+    warmup_epochs: int = 10
+    lr_warmup_epochs: int = 0
+    schedule: str = "constant"
+    seed: int = 42
+    device: str = "auto"
+    save_every: int = 10
+    select_metric: str = "val_MAE_tail"
+    patience: int = 0
+    heavy_share: float = 0.0
+    max_bad_steps: int = 20
+    max_batches_per_epoch: int = 0
+    val_samples: int = 2
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Defaults of `precip-cvae sample` (each also a command-line option)."""
+
+    mode: str = "posterior"
+    K: int = 2
+    temperature: float = 1.0
+    days: str = "heavy_only"
+    min_threshold: float = 0.1
+    seed: int = 0
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "model.prior": ("standard", "conditional"),
+    "train.schedule": ("constant", "cosine"),
+    "sampling.mode": ("posterior", "prior"),
+}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against the field's type; ints are accepted where floats are expected."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, key)
+            except InputError:
+                continue
+        raise InputError(f"config key {key}: expected {hint}, got {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise InputError(f"config key {key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _merge(config: Config, updates: dict[str, Any], origin: str) -> Config:
+    sections = {f.name: getattr(config, f.name) for f in fields(config)}
+    for section_name, values in updates.items():
+        if section_name not in sections:
+            raise InputError(f"{origin}: unknown config section {section_name!r} (known: {', '.join(sections)})")
+        if not isinstance(values, dict):
+            raise InputError(f"{origin}: config section {section_name!r} must be a mapping of keys to values")
+        section = sections[section_name]
+        hints = _section_types(type(section))
+        changes = {}
+        for key, value in values.items():
+            full = f"{section_name}.{key}"
+            if key not in hints:
+                raise InputError(f"{origin}: unknown config key {full} (known: {', '.join(hints)})")
+            value = _coerce(value, hints[key], full)
+            if full in _CHOICES and value not in _CHOICES[full]:
+                raise InputError(f"{origin}: config key {full} must be one of {_CHOICES[full]}, got {value!r}")
+            changes[key] = value
+        sections[section_name] = dataclasses.replace(section, **changes)
+    return Config(**sections)
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    if "=" not in text:
+        raise InputError(f"override {text!r}: expected section.key=value (e.g. train.epochs=5)")
+    key, raw = text.split("=", 1)
+    if key.count(".") != 1:
+        raise InputError(f"override {text!r}: the key must be section.key (e.g. train.epochs)")
+    section, name = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return section, name, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults ← YAML file ← ``section.key=value`` overrides.
+
+    Raises
+    ------
+    InputError naming the file and the key for a missing file, bad YAML, an unknown key or a wrong type.
+    """
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"{path}: the config must be a mapping of sections")
+        config = _merge(config, loaded, str(path))
+    for text in overrides or []:
+        section, name, value = _parse_override(text)
+        config = _merge(config, {section: {name: value}}, "override")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Range checks that types alone cannot express."""
+    checks = [
+        ("train.epochs", config.train.epochs >= 1),
+        ("train.batch_size", config.train.batch_size >= 1),
+        ("train.lr", config.train.lr > 0),
+        ("train.accumulate", config.train.accumulate >= 1),
+        ("train.save_every", config.train.save_every >= 1),
+        ("train.warmup_epochs", config.train.warmup_epochs >= 0),
+        ("train.heavy_share", 0.0 <= config.train.heavy_share < 1.0),
+        ("train.val_samples", config.train.val_samples >= 1),
+        ("model.d_z", config.model.d_z >= 1),
+        ("model.base_filters", config.model.base_filters >= 1),
+        ("model.d_x", config.model.d_x >= 1),
+        ("model.d_y", config.model.d_y >= 1),
+        ("loss.beta_kl", config.loss.beta_kl >= 0),
+        ("loss.free_bits", config.loss.free_bits >= 0),
+        ("sampling.K", config.sampling.K >= 1),
+        ("sampling.temperature", config.sampling.temperature > 0),
+    ]
+    for key, ok in checks:
+        if not ok:
+            raise InputError(f"config key {key}: value out of range")
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML (written next to every command's outputs)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

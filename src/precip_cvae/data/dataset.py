@@ -1,0 +1,155 @@
+"""Read a prepared dataset (`prepare`'s output) for training and sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from precip_cvae.data.normalize import threshold_to_normalized
+from precip_cvae.errors import InputError
+from precip_cvae.fileio import read_json
+
+#: Static maps given to the model, in this order, and how each is scaled to order one.
+STATIC_SCALES = {"land_sea_mask": 1.0, "valid_mask": 1.0, "dist_to_coast_km": 100.0, "elevation": 1000.0}
+
+
+def _load(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (is this a dataset written by `precip-cvae prepare`?)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise InputError(f"{path}: not a readable .npy array ({err})") from None
+
+
+class PreparedData:
+    """Metadata, normalization and static maps of a prepared dataset, loaded once.
+
+    Attributes
+    ----------
+    root : the ``data`` directory
+    hr_shape (H, W), lr_shape (h, w), n_channels C
+    split : {"train": [ids], "val": [...], "test": [...]}; categories : {"000123": "heavy", ...}
+    thresholds_mm : {"P95": ..., ...} mm/day; heavy_land_mean : mm/day
+    target_mean, target_std : (H, W) float32 statistics of log1p(mm/day)
+    valid_mask : (H, W) bool; land_mask : (H, W) bool, valid land pixels
+    statics : (S, H, W) float32, the maps of :data:`STATIC_SCALES` that exist, scaled
+    static_names : their names
+    mean_land_mm_per_day : mean of the training period's daily land means (the mass loss's scale)
+    """
+
+    def __init__(self, root: str | Path):
+        root = Path(root)
+        if not (root / "metadata").is_dir():
+            raise InputError(f"{root}: no prepared dataset here (expected {root}/metadata; run `precip-cvae prepare`)")
+        self.root = root
+        meta = root / "metadata"
+        shape = read_json(meta / "H_W.json")
+        self.hr_shape = (int(shape["H"]), int(shape["W"]))
+        self.lr_shape = (int(shape["h"]), int(shape["w"]))
+        self.n_channels = int(shape["C"])
+        self.split = {k: [int(i) for i in v] for k, v in read_json(meta / "split.json").items()}
+        self.categories = read_json(meta / "categories.json")
+        thresholds = read_json(meta / "thresholds.json")
+        self.thresholds_mm = {k: float(thresholds[k]) for k in ("P50", "P90", "P95", "P99", "P99.9") if k in thresholds}
+        self.heavy_land_mean = float(thresholds["categories"]["heavy_land_mean_mm_per_day"])
+        self.normalization = read_json(meta / "normalization.json")
+        self.target_mean = _load(meta / "target_log1p_mean.npy").astype(np.float32)
+        self.target_std = _load(meta / "target_log1p_std.npy").astype(np.float32)
+        self.dates = read_json(meta / "dates.json")
+        statics = root / "statics"
+        self.valid_mask = _load(statics / "valid_mask.npy").astype(bool)
+        land = _load(statics / "land_sea_mask.npy") > 0.5
+        self.land_mask = land & self.valid_mask
+        maps, names = [], []
+        for name, scale in STATIC_SCALES.items():
+            path = statics / f"{name}.npy"
+            if path.is_file():
+                maps.append(np.nan_to_num(_load(path).astype(np.float32)) / scale)
+                names.append(name)
+        self.statics = np.stack(maps).astype(np.float32)
+        self.static_names = names
+        for name, array in (("target_log1p_mean", self.target_mean), ("valid_mask", self.valid_mask)):
+            if array.shape != self.hr_shape:
+                raise InputError(f"{root}: {name} has shape {array.shape}, H_W.json says {self.hr_shape}")
+        land_means = _load(meta / "land_mean_mm_per_day.npy")
+        period = np.array(self.split["train"] + self.split["val"], dtype=np.int64)
+        self.mean_land_mm_per_day = float(max(np.nanmean(land_means[period]), 1e-3))
+
+    def threshold_z(self, threshold: str | float) -> np.ndarray:
+        """Per-pixel normalized equivalent of a threshold: a key of thresholds.json ("P95") or mm/day."""
+        if isinstance(threshold, str):
+            if threshold not in self.thresholds_mm:
+                raise InputError(
+                    f"loss.extreme_threshold: {threshold!r} is not in thresholds.json "
+                    f"(has {', '.join(self.thresholds_mm)}); or give a number in mm/day"
+                )
+            mm = self.thresholds_mm[threshold]
+        else:
+            mm = float(threshold)
+        return threshold_to_normalized(mm, self.target_mean, self.target_std)
+
+    def ids(self, split: str) -> list[int]:
+        if split not in self.split:
+            raise InputError(f"split {split!r}: not one of {', '.join(self.split)}")
+        return self.split[split]
+
+    def is_heavy(self, index: int) -> bool:
+        return self.categories.get(f"{index:06d}") == "heavy"
+
+    def inputs(self, index: int) -> np.ndarray:
+        """(C, h, w) float32 normalized predictors of day ``index``."""
+        return _load(self.root / "X_lr" / f"day_{index:06d}.npy")
+
+    def target(self, index: int) -> np.ndarray:
+        """(1, H, W) float32 normalized target of day ``index`` (NaN where there is no observation)."""
+        return _load(self.root / "Y_hr" / f"day_{index:06d}.npy")
+
+
+class DayDataset(Dataset):
+    """One item per day: the model's inputs, its target with NaN zero-filled, and the mask of real values.
+
+    Each item is a dict: ``inputs`` (C, h, w), ``target`` (1, H, W) normalized with 0 where missing,
+    ``mask`` (1, H, W) bool valid pixels with an observation, ``land`` (1, H, W) bool, ``index`` (day id)
+    and ``heavy`` (bool).
+    """
+
+    def __init__(self, data: PreparedData, ids: list[int]):
+        self.data = data
+        self.ids = list(ids)
+        self._valid = torch.from_numpy(data.valid_mask)[None]
+        self._land = torch.from_numpy(data.land_mask)[None]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, item: int) -> dict:
+        index = self.ids[item]
+        inputs = self.data.inputs(index)
+        target = self.data.target(index)
+        if inputs.shape != (self.data.n_channels, *self.data.lr_shape):
+            raise InputError(
+                f"{self.data.root}/X_lr/day_{index:06d}.npy: shape {inputs.shape}, expected "
+                f"{(self.data.n_channels, *self.data.lr_shape)}"
+            )
+        if target.shape != (1, *self.data.hr_shape):
+            raise InputError(
+                f"{self.data.root}/Y_hr/day_{index:06d}.npy: shape {target.shape}, expected {(1, *self.data.hr_shape)}"
+            )
+        target = torch.from_numpy(np.ascontiguousarray(target))
+        observed = torch.isfinite(target)
+        mask = observed & self._valid
+        return {
+            "inputs": torch.from_numpy(np.ascontiguousarray(inputs)),
+            "target": torch.where(mask, target, torch.zeros_like(target)),
+            "mask": mask,
+            "land": mask & self._land,
+            "index": index,
+            "heavy": self.data.is_heavy(index),
+        }
+
+    def heavy_flags(self) -> np.ndarray:
+        return np.array([self.data.is_heavy(i) for i in self.ids], dtype=bool)

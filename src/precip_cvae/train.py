@@ -1,0 +1,511 @@
+"""Training the cVAE: a pure :func:`train_step`, and :func:`fit`, which orchestrates data, device, logging,
+checkpoints, resume and the collapse alarms."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+from tqdm.auto import tqdm
+
+from precip_cvae import __version__
+from precip_cvae.checkpoint import load_checkpoint, save_checkpoint
+from precip_cvae.config import Config, dump_config
+from precip_cvae.data.dataset import DayDataset, PreparedData
+from precip_cvae.errors import InputError
+from precip_cvae.fileio import write_text
+from precip_cvae.losses import LossWeights, cvae_loss, kl_weight, to_mm_per_day
+from precip_cvae.model import CVAE
+
+WET_MM_PER_DAY = 0.1
+#: Log columns where a larger value is better (for best-checkpoint selection).
+HIGHER_IS_BETTER = {"val_active_units", "val_sample_spread_mm"}
+LOG_COLUMNS = [
+    "epoch", "train_loss", "train_L_rec", "train_L_mass", "train_L_kl",
+    "val_loss", "val_L_rec", "val_L_mass", "val_L_kl",
+    "val_MAE_all", "val_MAE_tail", "val_RMSE_all", "val_mass_bias", "val_rec_MAE_tail",
+    "val_active_units", "val_sample_spread_mm", "val_wet_fraction_samples", "val_wet_fraction_obs",
+    "val_spatial_std_ratio", "beta", "lr", "seconds", "skipped_steps", "alarms",
+]  # fmt: skip
+
+
+class TrainingDiverged(InputError):
+    """Too many non-finite losses in a row."""
+
+
+def train_step(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+    *,
+    accumulate: int = 1,
+    step: bool = True,
+    grad_clip: float = 0.0,
+    scaler: torch.amp.GradScaler | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, float] | None:
+    """One forward/backward pass, and an optimizer step when ``step`` (the last of ``accumulate`` passes).
+
+    No I/O, logging or device logic: ``batch`` is already on the model's device. Returns the loss terms
+    as floats, or None when the loss or the gradients were not finite (the step is then skipped and the
+    accumulated gradients dropped).
+
+    Parameters
+    ----------
+    batch : "inputs" (B, C, h, w), "target" (B, 1, H, W) normalized, "mask", "land" (B, 1, H, W) bool,
+        "statics" (1, S, H, W)
+    loss_fn : (model output, batch) -> dict with "total" and other scalar terms
+    """
+    model.train()
+    device_type = batch["target"].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        out = model(batch["inputs"], batch["target"], batch["statics"], generator=generator)
+    terms = loss_fn(out, batch)
+    total = terms["total"]
+    if not torch.isfinite(total):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    scaled = total / accumulate
+    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    result = {k: float(v.detach()) for k, v in terms.items() if v.ndim == 0}
+    if step:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        params = [p for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        if not torch.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.update()
+            return None
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        result["grad_norm"] = float(norm)
+    return result
+
+
+def select_device(name: str) -> torch.device:
+    """ "auto" → cuda, then mps, then cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"config key train.device: {name!r} is not a device (auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"config key train.device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def lr_at(epoch: int, config: Config) -> float:
+    """Learning rate of an epoch: linear warm-up, then constant or cosine decay to 0."""
+    t = config.train
+    if t.lr_warmup_epochs > 0 and epoch < t.lr_warmup_epochs:
+        return t.lr * (epoch + 1) / (t.lr_warmup_epochs + 1)
+    if t.schedule == "cosine":
+        span = max(1, t.epochs - t.lr_warmup_epochs)
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - t.lr_warmup_epochs) / span))
+    return t.lr
+
+
+class Trainer:
+    """Everything :func:`fit` needs, built once from the config and the prepared dataset."""
+
+    def __init__(self, config: Config, progress: bool = True, log: Callable[[str], None] = print):
+        self.config = config
+        self.progress = progress
+        self.log = log
+        self.data = PreparedData(config.data.data_root)
+        self.device = select_device(config.train.device)
+        self.out_dir = Path(config.data.outputs_root)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.log_path = self.out_dir / "logs" / "train_log.csv"
+        t = config.train
+        self.train_set = DayDataset(self.data, self.data.ids("train"))
+        self.val_set = DayDataset(self.data, self.data.ids("val") or self.data.ids("train")[-max(1, t.batch_size) :])
+        if len(self.train_set) == 0:
+            raise InputError(f"{self.data.root}: the train split is empty")
+        torch.manual_seed(t.seed)
+        self.model = CVAE(
+            self.data.n_channels, len(self.data.static_names), self.data.lr_shape, self.data.hr_shape, config.model
+        ).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.noise = torch.Generator(device=self.device).manual_seed(t.seed + 1)
+        self.autocast_dtype, self.scaler = None, None
+        if t.amp and self.device.type == "cuda":
+            if torch.cuda.is_bf16_supported():
+                self.autocast_dtype = torch.bfloat16
+            else:
+                self.autocast_dtype = torch.float16
+                self.scaler = torch.amp.GradScaler("cuda")
+        d = self.device
+        self.statics = torch.from_numpy(self.data.statics)[None].to(d)
+        self.threshold_z = torch.from_numpy(self.data.threshold_z(config.loss.extreme_threshold)).to(d)
+        self.mean = torch.from_numpy(self.data.target_mean).to(d)
+        self.std = torch.from_numpy(self.data.target_std).to(d)
+        self.p95_mm = self.data.thresholds_mm["P95"]
+        self.weights = LossWeights(
+            config.loss.lambda_base, config.loss.lambda_ext, config.loss.lambda_mass, config.loss.free_bits
+        )
+        self.beta = 0.0
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def loss_fn(self, out: dict, batch: dict) -> dict:
+        return cvae_loss(
+            out, batch["target"], batch["mask"], batch["land"], self.threshold_z, self.mean, self.std,
+            self.data.mean_land_mm_per_day, self.weights, self.beta,
+        )  # fmt: skip
+
+    def to_device(self, batch: dict) -> dict:
+        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        out["statics"] = self.statics
+        return out
+
+    def train_loader(self, epoch: int) -> DataLoader:
+        t = self.config.train
+        order = torch.Generator().manual_seed(t.seed * 100_003 + epoch)  # same order on resume
+        if t.heavy_share > 0:
+            heavy = self.train_set.heavy_flags()
+            if not heavy.any():
+                raise InputError("config key train.heavy_share: the train split has no heavy day")
+            weights = np.where(heavy, t.heavy_share / heavy.sum(), (1 - t.heavy_share) / max(1, (~heavy).sum()))
+            sampler = WeightedRandomSampler(weights.tolist(), len(self.train_set), replacement=True, generator=order)
+        else:
+            sampler = RandomSampler(self.train_set, generator=order)
+        return DataLoader(
+            self.train_set, batch_size=t.batch_size, sampler=sampler, num_workers=self.config.data.num_workers,
+            drop_last=len(self.train_set) > t.batch_size,
+        )  # fmt: skip
+
+    # -- one epoch ---------------------------------------------------------------------------------
+    def run_epoch(self, epoch: int) -> dict:
+        t = self.config.train
+        lr = lr_at(epoch, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loader = self.train_loader(epoch)
+        n_batches = len(loader) if t.max_batches_per_epoch <= 0 else min(len(loader), t.max_batches_per_epoch)
+        sums: dict[str, float] = {}
+        done = skipped = bad_in_a_row = 0
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not self.progress, leave=False)
+        for i, batch in enumerate(loader):
+            if i >= n_batches:
+                break
+            self.beta = kl_weight(epoch + i / n_batches, self.config.loss.beta_kl, t.warmup_epochs)
+            last_of_group = (i + 1) % t.accumulate == 0 or i + 1 == n_batches
+            try:
+                terms = train_step(
+                    self.model, self.to_device(batch), self.optimizer, self.loss_fn, accumulate=t.accumulate,
+                    step=last_of_group, grad_clip=t.grad_clip, scaler=self.scaler,
+                    autocast_dtype=self.autocast_dtype, generator=self.noise,
+                )  # fmt: skip
+            except torch.cuda.OutOfMemoryError:
+                raise InputError(
+                    f"CUDA out of memory at train.batch_size={t.batch_size}: lower train.batch_size and raise "
+                    "train.accumulate to keep the effective batch, set train.amp=true, or lower model.base_filters"
+                ) from None
+            bar.update(1)
+            if terms is None:
+                skipped += 1
+                bad_in_a_row += 1
+                if bad_in_a_row > t.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"training diverged: {bad_in_a_row} non-finite losses in a row at epoch {epoch + 1}; "
+                        "lower train.lr, lower train.grad_clip, or set train.amp=false"
+                    )
+                continue
+            bad_in_a_row = 0
+            done += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{sums['total'] / done:.3f}", beta=f"{self.beta:.3f}")
+        bar.close()
+        if done == 0:
+            raise TrainingDiverged(f"training diverged: no finite loss in epoch {epoch + 1}; lower train.lr")
+        mean = {k: v / done for k, v in sums.items()}
+        return {
+            "train_loss": mean["total"],
+            "train_L_rec": mean["L_rec"],
+            "train_L_mass": mean["L_mass"],
+            "train_L_kl": mean["L_kl"],
+            "beta": self.beta,
+            "lr": lr,
+            "skipped_steps": skipped,
+        }
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict:
+        """Loss terms (posterior, as in training) and, from prior samples, metrics in mm/day and alarms."""
+        self.model.eval()
+        t = self.config.train
+        gen = torch.Generator(device=self.device).manual_seed(t.seed * 7919 + epoch)
+        loader = DataLoader(
+            self.val_set, batch_size=t.batch_size, shuffle=False, num_workers=self.config.data.num_workers
+        )
+        acc = {k: 0.0 for k in ("loss", "L_rec", "L_mass", "L_kl")}
+        m = dict.fromkeys(
+            ("abs", "sq", "n", "tail_abs", "tail_n", "rec_tail_abs", "bias", "days", "spread", "spread_n",
+             "wet_s", "wet_o", "std_s", "std_o"), 0.0,
+        )  # fmt: skip
+        mus = []
+        n_days = 0
+        for batch in loader:
+            b = self.to_device(batch)
+            out = self.model(b["inputs"], b["target"], b["statics"], generator=gen)
+            terms = self.loss_fn(out, b)
+            size = b["target"].shape[0]
+            n_days += size
+            for k, key in (("loss", "total"), ("L_rec", "L_rec"), ("L_mass", "L_mass"), ("L_kl", "L_kl")):
+                acc[k] += float(terms[key]) * size
+            mus.append(out["mu"].float().cpu())
+            obs = to_mm_per_day(b["target"], self.mean, self.std)
+            rec = to_mm_per_day(out["recon"].float(), self.mean, self.std)
+            mask, land = b["mask"], b["land"]
+            tail = mask & (obs >= self.p95_mm)
+            m["rec_tail_abs"] += float(((rec - obs).abs() * tail).sum())
+            samples = self.model.sample(b["inputs"], b["statics"], n_samples=t.val_samples, mode="prior", generator=gen)
+            sim = to_mm_per_day(samples.float(), self.mean, self.std)  # (B, n, 1, H, W)
+            for k in range(sim.shape[1]):
+                s = sim[:, k]
+                err = (s - obs) * mask
+                m["abs"] += float(err.abs().sum())
+                m["sq"] += float((err**2).sum())
+                m["tail_abs"] += float(((s - obs).abs() * tail).sum())
+                n_land = land.sum(dim=(1, 2, 3)).clamp_min(1)
+                m["bias"] += float((((s - obs) * land).sum(dim=(1, 2, 3)) / n_land).sum())
+                m["wet_s"] += float(((s >= WET_MM_PER_DAY) & mask).sum())
+                m["std_s"] += float(_masked_std(s, land).sum())
+            m["n"] += float(mask.sum())
+            m["tail_n"] += float(tail.sum())
+            m["days"] += size
+            m["wet_o"] += float(((obs >= WET_MM_PER_DAY) & mask).sum())
+            m["std_o"] += float(_masked_std(obs, land).sum())
+            if sim.shape[1] >= 2:
+                m["spread"] += float(((sim[:, 0] - sim[:, 1]).abs() * mask).sum())
+                m["spread_n"] += float(mask.sum())
+        k = t.val_samples
+        mu = torch.cat(mus)
+        active = int((mu.var(dim=0) > 0.01).sum()) if mu.shape[0] > 1 else 0
+        obs_mean = self.data.mean_land_mm_per_day
+        row = {
+            "val_loss": acc["loss"] / n_days,
+            "val_L_rec": acc["L_rec"] / n_days,
+            "val_L_mass": acc["L_mass"] / n_days,
+            "val_L_kl": acc["L_kl"] / n_days,
+            "val_MAE_all": m["abs"] / max(1.0, m["n"] * k),
+            "val_MAE_tail": m["tail_abs"] / max(1.0, m["tail_n"] * k) if m["tail_n"] else float("nan"),
+            "val_RMSE_all": math.sqrt(m["sq"] / max(1.0, m["n"] * k)),
+            "val_mass_bias": m["bias"] / max(1.0, m["days"] * k),
+            "val_rec_MAE_tail": m["rec_tail_abs"] / m["tail_n"] if m["tail_n"] else float("nan"),
+            "val_active_units": active,
+            "val_sample_spread_mm": m["spread"] / m["spread_n"] if m["spread_n"] else float("nan"),
+            "val_wet_fraction_samples": m["wet_s"] / max(1.0, m["n"] * k),
+            "val_wet_fraction_obs": m["wet_o"] / max(1.0, m["n"]),
+            "val_spatial_std_ratio": (m["std_s"] / k) / max(m["std_o"], 1e-9),
+        }
+        row["alarms"] = ";".join(collapse_alarms(row, obs_mean, self.config.model.d_z))
+        return row
+
+
+def _masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Spatial std over masked pixels of each field: (B, 1, H, W) -> (B,)."""
+    w = mask.to(x.dtype)
+    n = w.sum(dim=(1, 2, 3)).clamp_min(1)
+    mean = (x * w).sum(dim=(1, 2, 3)) / n
+    var = (((x - mean[:, None, None, None]) ** 2) * w).sum(dim=(1, 2, 3)) / n
+    return var.sqrt()
+
+
+def collapse_alarms(row: dict, mean_land_mm: float, d_z: int) -> list[str]:
+    """Names of the known failure modes this validation row shows."""
+    alarms = []
+    if row["val_active_units"] == 0:
+        alarms.append(f"posterior collapse: 0 of {d_z} latent units active")
+    spread = row["val_sample_spread_mm"]
+    if np.isfinite(spread) and spread < 0.02 * mean_land_mm:
+        alarms.append(f"samples of one day are near copies ({spread:.3g} mm/day apart): the decoder ignores z")
+    wet_s, wet_o = row["val_wet_fraction_samples"], row["val_wet_fraction_obs"]
+    if wet_s > min(0.98, wet_o + 0.2):
+        alarms.append(f"drizzle everywhere: samples wet on {wet_s:.0%} of pixels, observations on {wet_o:.0%}")
+    if row["val_spatial_std_ratio"] < 0.3:
+        alarms.append(f"mean collapse: samples' spatial std is {row['val_spatial_std_ratio']:.0%} of the observed")
+    return alarms
+
+
+# -- log file -------------------------------------------------------------------------------------
+def read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, buffer.getvalue())
+
+
+def _better(value: float, best: float | None, metric: str) -> bool:
+    if not np.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best if metric in HIGHER_IS_BETTER else value < best
+
+
+def fit(
+    config: Config,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train the cVAE as ``config`` says; returns the paths written and the last log row.
+
+    Writes ``<outputs_root>/checkpoints/cvae_{last,best,epoch_XXX}.pt``, ``logs/train_log.csv`` and the
+    resolved ``config.yaml``. With ``resume``, continues from ``cvae_last.pt``.
+    """
+    trainer = Trainer(config, progress=progress, log=log)
+    t = config.train
+    last_path = trainer.ckpt_dir / "cvae_last.pt"
+    if last_path.exists() and not (resume or overwrite):
+        raise InputError(f"{last_path}: a run exists here; pass --resume to continue it or --overwrite to start again")
+    start_epoch, best, best_epoch, stale = 0, None, -1, 0
+    rows: list[dict] = []
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path, map_location=trainer.device)
+        if state.get("shapes") != _shapes(trainer):
+            raise InputError(f"{last_path}: made for data/model shapes {state.get('shapes')}, not {_shapes(trainer)}")
+        trainer.model.load_state_dict(state["model_state_dict"])
+        trainer.optimizer.load_state_dict(state["optimizer_state_dict"])
+        if trainer.scaler is not None and state.get("scaler_state_dict"):
+            trainer.scaler.load_state_dict(state["scaler_state_dict"])
+        trainer.noise.set_state(state["noise_rng_state"].cpu())
+        torch.set_rng_state(state["torch_rng_state"].cpu())
+        start_epoch = int(state["epoch"]) + 1
+        best, best_epoch, stale = state["best_value"], int(state["best_epoch"]), int(state["stale_epochs"])
+        rows = [r for r in read_log(trainer.log_path) if int(r["epoch"]) <= int(state["epoch"]) + 1]
+        log(f"resuming from {last_path} after epoch {start_epoch}")
+    elif resume:
+        log(f"nothing to resume at {last_path}: starting from scratch")
+    trainer.out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(trainer.out_dir / "config.yaml", dump_config(config))
+    if start_epoch == 0 and trainer.log_path.exists():
+        trainer.log_path.unlink()
+
+    metric = t.select_metric
+    for epoch in range(start_epoch, t.epochs):
+        started = time.perf_counter()
+        row = {"epoch": epoch + 1, **trainer.run_epoch(epoch), **trainer.validate(epoch)}
+        row["seconds"] = time.perf_counter() - started
+        if metric not in row:
+            raise InputError(
+                f"config key train.select_metric: {metric!r} is not a log column ({', '.join(LOG_COLUMNS)})"
+            )
+        if row["alarms"]:
+            for alarm in row["alarms"].split(";"):
+                log(f"WARNING epoch {epoch + 1}: {alarm}")
+        improved = _better(float(row[metric]), best, metric)
+        if improved:
+            best, best_epoch, stale = float(row[metric]), epoch + 1, 0
+        else:
+            stale += 1
+        rows.append(row)
+        write_log(trainer.log_path, rows)  # the log first: a resume drops rows past its checkpoint
+        state = _checkpoint_state(trainer, epoch, best, best_epoch, stale)
+        save_checkpoint(last_path, state)
+        if (epoch + 1) % t.save_every == 0 or epoch + 1 == t.epochs:
+            save_checkpoint(trainer.ckpt_dir / f"cvae_epoch_{epoch + 1:03d}.pt", state)
+        if improved:
+            save_checkpoint(trainer.ckpt_dir / "cvae_best.pt", state)
+        log(format_row(row, metric))
+        if t.patience > 0 and stale >= t.patience:
+            log(f"early stop: {metric} has not improved for {stale} epochs (best {best:.4g} at epoch {best_epoch})")
+            break
+    return {
+        "checkpoints": trainer.ckpt_dir,
+        "log": trainer.log_path,
+        "last_row": rows[-1] if rows else None,
+        "first_row": rows[0] if rows else None,
+        "best_epoch": best_epoch,
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+    }
+
+
+def _shapes(trainer: Trainer) -> dict:
+    d = trainer.data
+    return {
+        "in_channels": d.n_channels,
+        "lr_shape": list(d.lr_shape),
+        "hr_shape": list(d.hr_shape),
+        "statics": list(d.static_names),
+    }
+
+
+def _checkpoint_state(trainer: Trainer, epoch: int, best, best_epoch: int, stale: int) -> dict:
+    d = trainer.data
+    return {
+        "model_state_dict": trainer.model.state_dict(),
+        "optimizer_state_dict": trainer.optimizer.state_dict(),
+        "scaler_state_dict": trainer.scaler.state_dict() if trainer.scaler is not None else {},
+        "epoch": epoch,
+        "config": trainer.config.to_dict(),
+        "shapes": _shapes(trainer),
+        "normalization": {
+            "target_log1p_mean": torch.from_numpy(d.target_mean),
+            "target_log1p_std": torch.from_numpy(d.target_std),
+            "thresholds_mm_per_day": dict(d.thresholds_mm),
+            "forward": "z = (log1p(pr_mm_per_day) - mean) / std",
+            "data_root": str(d.root),
+        },
+        "best_value": best,
+        "best_epoch": best_epoch,
+        "stale_epochs": stale,
+        "select_metric": trainer.config.train.select_metric,
+        "noise_rng_state": trainer.noise.get_state(),
+        "torch_rng_state": torch.get_rng_state(),
+        "versions": {"precip_cvae": __version__, "torch": str(torch.__version__)},
+    }
+
+
+def format_row(row: dict, metric: str) -> str:
+    """One line per epoch for the terminal."""
+    keys = ("train_loss", "val_loss", "val_MAE_all", "val_MAE_tail", "val_mass_bias", "val_active_units")
+    parts = [f"epoch {row['epoch']:>3}"] + [f"{k} {float(row[k]):.4g}" for k in keys]
+    parts.append(f"beta {float(row['beta']):.3g}")
+    return "  ".join(parts) + f"  [{metric}]"
+
+
+def build_model_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> CVAE:
+    """Rebuild the model a checkpoint was trained as and load its weights."""
+    from precip_cvae.config import ModelConfig
+
+    shapes = state["shapes"]
+    model = CVAE(
+        shapes["in_channels"], len(shapes["statics"]), tuple(shapes["lr_shape"]), tuple(shapes["hr_shape"]),
+        ModelConfig(**state["config"]["model"]),
+    )  # fmt: skip
+    model.load_state_dict(state["model_state_dict"])
+    return model.to(device).eval()

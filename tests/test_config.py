@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from precip_cvae.cli import main
+from precip_cvae.config import Config, dump_config, load_config
+from precip_cvae.errors import InputError
+
+
+def test_shipped_default_yaml_equals_the_dataclass_defaults():
+    from importlib.resources import files
+
+    path = files("precip_cvae").joinpath("default_config.yaml")
+    assert load_config(Path(str(path))) == Config()
+
+
+def test_reference_keys_and_overrides(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("train:\n  epochs: 80\n  batch_size: 6\n  lr: 0.001\nloss:\n  lambda_ext: 3.0\n  lambda_mass: 0.1\n"
+                    "  beta_kl: 0.5\nmodel:\n  d_z: 64\n  base_filters: 64\n")  # fmt: skip
+    config = load_config(path, ["train.epochs=5", "loss.extreme_threshold=P99", "loss.lambda_ext=5", "train.amp=false"])
+    assert config.train.epochs == 5 and config.train.batch_size == 6
+    assert config.loss.extreme_threshold == "P99" and config.loss.lambda_ext == 5.0
+    assert config.train.amp is False
+    assert load_config(None, ["loss.extreme_threshold=25.0"]).loss.extreme_threshold == 25.0
+    assert load_config(path, []).to_dict() == load_config(path).to_dict()
+    assert "epochs: 80" in dump_config(load_config(path))
+
+
+@pytest.mark.parametrize(
+    "yaml_text, key",
+    [
+        ("train:\n  epochz: 3\n", "train.epochz"),
+        ("train:\n  epochs: three\n", "train.epochs"),
+        ("train:\n  amp: 1\n", "train.amp"),
+        ("modle:\n  d_z: 3\n", "modle"),
+        ("model:\n  prior: fancy\n", "model.prior"),
+        ("train:\n  epochs: 0\n", "train.epochs"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, yaml_text, key):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(InputError, match=key.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_bad_overrides_and_files(tmp_path):
+    with pytest.raises(InputError, match="train.batch_size"):
+        load_config(None, ["train.batch_size=big"])
+    with pytest.raises(InputError, match="section.key=value"):
+        load_config(None, ["epochs"])
+    with pytest.raises(InputError, match="not found"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
+    with pytest.raises(InputError, match="bad.yaml: not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_print_config_and_cli_error(capsys, tmp_path):
+    assert main(["train", "--print-config"]) == 0
+    assert "lambda_ext: 3.0" in capsys.readouterr().out
+    assert main(["train", "train.epochz=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.epochz" in err[0]

@@ -1,0 +1,200 @@
+"""The cVAE network: shapes on awkward grids, no output clipping, priors, sampling, use of z, gradients, cost."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from precip_cvae.config import ModelConfig
+from precip_cvae.model import (
+    CVAE,
+    ConditionalPrior,
+    Decoder,
+    EncoderX,
+    count_parameters,
+    flops_per_sample,
+    n_scales,
+)
+
+SMALL = ModelConfig(d_z=8, base_filters=4, d_x=16, d_y=16)
+C, S = 3, 4
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def make_batch(lr_shape, hr_shape, batch=2, statics_batch=1):
+    inputs = torch.randn(batch, C, *lr_shape)
+    target = torch.randn(batch, 1, *hr_shape)
+    statics = torch.rand(statics_batch, S, *hr_shape)
+    return inputs, target, statics
+
+
+def make_model(lr_shape, hr_shape, **changes) -> CVAE:
+    return CVAE(C, S, lr_shape, hr_shape, dataclasses.replace(SMALL, **changes))
+
+
+GRIDS = [((5, 7), (19, 29)), ((4, 3), (24, 20)), ((1, 1), (37, 23)), ((13, 11), (156, 132)), ((3, 2), (5, 4))]
+
+
+@pytest.mark.parametrize(("lr_shape", "hr_shape"), GRIDS)
+@pytest.mark.parametrize("decoder_statics", [False, True])
+def test_shapes_forward_and_sample(lr_shape, hr_shape, decoder_statics):
+    model = make_model(lr_shape, hr_shape, prior="conditional", decoder_statics=decoder_statics)
+    inputs, target, statics = make_batch(lr_shape, hr_shape, batch=3, statics_batch=1)
+    out = model(inputs, target, statics)
+    assert out["recon"].shape == (3, 1, *hr_shape)
+    for key in ("mu", "logvar", "prior_mu", "prior_logvar", "z"):
+        assert out[key].shape == (3, SMALL.d_z), key
+        assert torch.isfinite(out[key]).all(), key
+    assert torch.isfinite(out["recon"]).all()
+    with torch.no_grad():
+        for mode in ("prior", "posterior"):
+            samples = model.sample(inputs, statics, n_samples=4, mode=mode, target=target)
+            assert samples.shape == (3, 4, 1, *hr_shape)
+            assert torch.isfinite(samples).all()
+
+
+def test_statics_with_batch_one_broadcast_like_full_batch():
+    lr_shape, hr_shape = (4, 3), (24, 20)
+    model = make_model(lr_shape, hr_shape, decoder_statics=True).eval()
+    inputs, target, statics = make_batch(lr_shape, hr_shape, batch=3)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        once = model(inputs, target, statics, generator=g1)
+        full = model(inputs, target, statics.expand(3, -1, -1, -1).clone(), generator=g2)
+    torch.testing.assert_close(once["recon"], full["recon"])
+    with pytest.raises(ValueError, match="statics batch size"):
+        model(inputs, target, torch.rand(2, S, *hr_shape))
+
+
+def test_wrong_grid_is_a_clear_error():
+    model = make_model((4, 3), (24, 20))
+    inputs, target, statics = make_batch((4, 3), (24, 20))
+    with pytest.raises(ValueError, match="target"):
+        model(inputs, target[..., :-1], statics)
+    with pytest.raises(ValueError, match="inputs"):
+        model(inputs[:, :2], target, statics)
+
+
+def test_seed_size_and_encoder_on_one_pixel():
+    assert n_scales((156, 132)) == 4 and n_scales((96, 84)) == 3 and n_scales((24, 20)) == 1
+    assert n_scales((5, 40)) == 0
+    dec = Decoder(d_z=4, d_x=4, hr_shape=(156, 132), base_filters=2)
+    assert dec.seed_shape == (10, 9)
+    enc = EncoderX(in_channels=2, d_x=5, base_filters=4)
+    a, b = enc(torch.randn(1, 2, 1, 1)), enc(torch.randn(1, 2, 1, 1))
+    assert a.shape == (1, 5) and not torch.allclose(a, b)
+
+
+def test_output_is_not_clipped():
+    model = make_model((4, 3), (24, 20)).eval()
+    with torch.no_grad():
+        model.decoder.out_conv.bias.fill_(-5.0)
+        inputs, target, statics = make_batch((4, 3), (24, 20))
+        recon = model(inputs, target, statics)["recon"]
+        samples = model.sample(inputs, statics, n_samples=2)
+    assert (recon < 0).any() and (samples < 0).any()
+
+
+def test_standard_prior_is_zero_and_conditional_prior_depends_on_inputs():
+    lr_shape, hr_shape = (4, 3), (24, 20)
+    standard = make_model(lr_shape, hr_shape, prior="standard")
+    assert standard.prior_net is None
+    assert not any(isinstance(m, ConditionalPrior) for m in standard.modules())
+    inputs, target, statics = make_batch(lr_shape, hr_shape)
+    out = standard(inputs, target, statics)
+    assert torch.equal(out["prior_mu"], torch.zeros(2, SMALL.d_z))
+    assert torch.equal(out["prior_logvar"], torch.zeros(2, SMALL.d_z))
+
+    conditional = make_model(lr_shape, hr_shape, prior="conditional").eval()
+    with torch.no_grad():
+        mu_a, _ = conditional.prior(conditional.encode_x(inputs[:1]))
+        mu_b, _ = conditional.prior(conditional.encode_x(inputs[:1] + 1.0))
+    assert not torch.allclose(mu_a, mu_b)
+
+
+@pytest.mark.parametrize("prior", ["standard", "conditional"])
+def test_sampling_is_reproducible_and_temperature_zero_gives_the_mean(prior):
+    lr_shape, hr_shape = (5, 7), (19, 29)
+    model = make_model(lr_shape, hr_shape, prior=prior).eval()
+    inputs, target, statics = make_batch(lr_shape, hr_shape)
+    with torch.no_grad():
+        kw = dict(n_samples=3, target=target)
+        for mode in ("prior", "posterior"):
+            a = model.sample(inputs, statics, mode=mode, generator=torch.Generator().manual_seed(7), **kw)
+            b = model.sample(inputs, statics, mode=mode, generator=torch.Generator().manual_seed(7), **kw)
+            c = model.sample(inputs, statics, mode=mode, generator=torch.Generator().manual_seed(8), **kw)
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            assert not torch.allclose(a, c)
+            assert not torch.allclose(a[:, 0], a[:, 1])  # samples of one day differ
+
+        cold = model.sample(inputs, statics, n_samples=3, temperature=0.0, mode="posterior", target=target)
+        h_x = model.encode_x(inputs)
+        mu, _ = model.posterior(target, statics, h_x)
+        mean_decode = model.decode(mu, h_x, statics)
+    for k in range(3):
+        torch.testing.assert_close(cold[:, k], mean_decode)
+
+
+def test_sample_argument_errors():
+    model = make_model((4, 3), (24, 20))
+    inputs, _, statics = make_batch((4, 3), (24, 20))
+    with pytest.raises(ValueError, match="target"):
+        model.sample(inputs, statics, mode="posterior")
+    with pytest.raises(ValueError, match="mode"):
+        model.sample(inputs, statics, mode="bogus")
+
+
+def test_decoder_uses_z_at_initialization():
+    lr_shape, hr_shape = (8, 7), (96, 84)
+    model = make_model(lr_shape, hr_shape).eval()
+    inputs, _, statics = make_batch(lr_shape, hr_shape)
+    with torch.no_grad():
+        h_x = model.encode_x(inputs)
+        y1 = model.decode(torch.randn(2, SMALL.d_z), h_x, statics)
+        y2 = model.decode(torch.randn(2, SMALL.d_z), h_x, statics)
+    rel = (y1 - y2).abs().mean() / y1.abs().mean()
+    assert rel > 1e-3
+
+
+@pytest.mark.parametrize("prior", ["standard", "conditional"])
+def test_gradients_reach_every_parameter(prior):
+    lr_shape, hr_shape = (5, 7), (19, 29)
+    counts = {}
+    for decoder_statics in (False, True):
+        model = make_model(lr_shape, hr_shape, prior=prior, decoder_statics=decoder_statics)
+        counts[decoder_statics] = count_parameters(model)
+        out = model(*make_batch(lr_shape, hr_shape))
+        loss = out["recon"].abs().mean() + out["mu"].pow(2).mean()
+        loss.backward()
+        for name, param in model.named_parameters():
+            if name.startswith("prior_net."):
+                assert param.grad is None  # the loss above does not involve the prior
+                continue
+            assert param.grad is not None, name
+            assert torch.isfinite(param.grad).all(), name
+        assert any(name.startswith("prior_net.") for name, _ in model.named_parameters()) == (prior == "conditional")
+        if prior == "conditional":
+            model.zero_grad(set_to_none=True)
+            out = model(*make_batch(lr_shape, hr_shape))
+            (out["prior_mu"].pow(2).mean() + out["prior_logvar"].pow(2).mean()).backward()
+            assert all(p.grad is not None for p in model.prior_net.parameters())
+    assert counts[True] > counts[False]
+
+
+def test_count_parameters_and_flops():
+    lr_shape, hr_shape = (8, 7), (96, 84)
+    flops = {}
+    for base in (4, 8):
+        model = make_model(lr_shape, hr_shape, base_filters=base)
+        n = count_parameters(model)
+        assert isinstance(n, int) and n == sum(p.numel() for p in model.parameters())
+        flops[base] = flops_per_sample(model, C, S, lr_shape, hr_shape)
+        assert isinstance(flops[base], int) and flops[base] > 0
+        assert model.training  # the train/eval state is restored
+    assert flops[8] > 2 * flops[4]

@@ -1,0 +1,134 @@
+"""Training: the pure step, overfitting one batch, checkpoints, resume equality, alarms, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from precip_cvae.checkpoint import load_checkpoint
+from precip_cvae.config import load_config
+from precip_cvae.errors import InputError
+from precip_cvae.train import Trainer, build_model_from_checkpoint, collapse_alarms, fit, train_step
+
+TINY = ["model.d_z=4", "model.base_filters=4", "model.d_x=16", "model.d_y=16", "train.batch_size=8",
+        "train.device=cpu", "train.amp=false", "train.warmup_epochs=1", "train.val_samples=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A tiny prepared synthetic dataset: 80 days, 4x3 -> 24x20."""
+    from precip_cvae.data.prepare import PrepareOptions, prepare
+    from precip_cvae.data.srdrn import read_srdrn_directory
+    from precip_cvae.data.synthetic import SynthOptions, run_synth
+
+    root = tmp_path_factory.mktemp("prepared")
+    run_synth(SynthOptions(days=80, hr_shape=(24, 20), lr_shape=(4, 3), oracle_members=2, seed=1), root / "bench",
+              progress=False)  # fmt: skip
+    prepare(read_srdrn_directory(root / "bench"), root, PrepareOptions(progress=False))
+    return root / "data"
+
+
+def _config(data: Path, out: Path, *extra: str):
+    return load_config(None, [f"data.data_root={data}", f"data.outputs_root={out}", *TINY, *extra])
+
+
+def test_overfit_one_batch(prepared, tmp_path):
+    config = _config(prepared, tmp_path, "model.base_filters=8", "model.d_z=8")
+    trainer = Trainer(config, progress=False, log=lambda s: None)
+    trainer.beta = 0.0
+    batch = trainer.to_device(next(iter(trainer.train_loader(0))))
+    opt = torch.optim.Adam(trainer.model.parameters(), lr=3e-3)
+    first = train_step(trainer.model, batch, opt, trainer.loss_fn)["total"]
+    for _ in range(250):
+        last = train_step(trainer.model, batch, opt, trainer.loss_fn)["total"]
+    assert last < first / 5, (first, last)
+
+
+def test_non_finite_loss_skips_the_step(prepared, tmp_path):
+    trainer = Trainer(_config(prepared, tmp_path), progress=False)
+    batch = trainer.to_device(next(iter(trainer.train_loader(0))))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+
+    def nan_loss(out, b):
+        terms = trainer.loss_fn(out, b)
+        terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    assert train_step(trainer.model, batch, trainer.optimizer, nan_loss) is None
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def test_fit_writes_checkpoints_and_log_and_they_round_trip(prepared, tmp_path):
+    config = _config(prepared, tmp_path / "run", "train.epochs=2", "train.save_every=1")
+    result = fit(config, progress=False, log=lambda s: None)
+    ckpts = tmp_path / "run" / "checkpoints"
+    for name in ("cvae_last.pt", "cvae_best.pt", "cvae_epoch_001.pt", "cvae_epoch_002.pt"):
+        state = torch.load(ckpts / name, weights_only=True)
+        assert {"model_state_dict", "optimizer_state_dict", "epoch", "config", "normalization", "versions"} <= set(
+            state
+        )
+    state = load_checkpoint(ckpts / "cvae_last.pt")
+    model = build_model_from_checkpoint(state)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state["model_state_dict"][key])
+    rows = list(csv.DictReader(open(tmp_path / "run" / "logs" / "train_log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for column in ("train_loss", "val_loss", "val_L_rec", "val_L_mass", "val_L_kl", "val_MAE_all", "val_MAE_tail",
+                   "val_RMSE_all", "val_mass_bias", "beta", "lr", "seconds", "val_active_units",
+                   "val_sample_spread_mm", "val_wet_fraction_samples", "val_wet_fraction_obs"):  # fmt: skip
+        assert column in rows[0] and rows[-1][column] != ""
+    assert float(rows[0]["beta"]) < float(rows[1]["beta"]) == pytest.approx(0.5)  # KL warm-up over 1 epoch
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert result["last_row"]["epoch"] == 2
+    with pytest.raises(InputError, match="--resume"):
+        fit(config, progress=False, log=lambda s: None)
+
+
+def test_resume_equals_uninterrupted(prepared, tmp_path):
+    full = fit(_config(prepared, tmp_path / "a", "train.epochs=3"), progress=False, log=lambda s: None)
+    fit(_config(prepared, tmp_path / "b", "train.epochs=1"), progress=False, log=lambda s: None)
+    fit(_config(prepared, tmp_path / "b", "train.epochs=3"), resume=True, progress=False, log=lambda s: None)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "cvae_last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoints" / "cvae_last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model_state_dict"].items():
+        assert torch.equal(value, b["model_state_dict"][key]), key
+    rows_b = list(csv.DictReader(open(tmp_path / "b" / "logs" / "train_log.csv")))
+    assert [r["epoch"] for r in rows_b] == ["1", "2", "3"]
+    assert float(rows_b[-1]["val_loss"]) == pytest.approx(full["last_row"]["val_loss"], rel=1e-6)
+
+
+def test_bad_select_metric_names_the_key(prepared, tmp_path):
+    with pytest.raises(InputError, match="train.select_metric"):
+        fit(_config(prepared, tmp_path, "train.epochs=1", "train.select_metric=val_nope"), progress=False,
+            log=lambda s: None)  # fmt: skip
+
+
+def test_missing_data_root_is_one_clear_error(tmp_path):
+    with pytest.raises(InputError, match="no prepared dataset"):
+        fit(_config(tmp_path / "nowhere", tmp_path / "o"), progress=False)
+
+
+def test_collapse_alarms_by_hand():
+    healthy = {"val_active_units": 5, "val_sample_spread_mm": 1.0, "val_wet_fraction_samples": 0.5,
+               "val_wet_fraction_obs": 0.45, "val_spatial_std_ratio": 0.9}  # fmt: skip
+    assert collapse_alarms(healthy, 2.0, 16) == []
+    sick = {"val_active_units": 0, "val_sample_spread_mm": 0.001, "val_wet_fraction_samples": 0.99,
+            "val_wet_fraction_obs": 0.5, "val_spatial_std_ratio": 0.1}  # fmt: skip
+    text = " ".join(collapse_alarms(sick, 2.0, 16))
+    for word in ("posterior collapse", "copies", "drizzle", "mean collapse"):
+        assert word in text
+
+
+def test_train_cli_one_epoch_in_a_subprocess(prepared, tmp_path):
+    argv = [sys.executable, "-m", "precip_cvae", "train", "--quiet", f"data.data_root={prepared}",
+            f"data.outputs_root={tmp_path / 'cli'}", *TINY, "train.epochs=1"]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cli" / "checkpoints" / "cvae_best.pt").is_file()
+    assert "epoch   1" in result.stdout
