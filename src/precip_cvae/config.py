@@ -85,6 +85,7 @@ class TrainConfig:
     max_bad_steps: int = 20
     max_batches_per_epoch: int = 0
     val_samples: int = 2
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)

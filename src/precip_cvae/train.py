@@ -411,7 +411,10 @@ def fit(
     elif resume:
         log(f"nothing to resume at {last_path}: starting from scratch")
     trainer.out_dir.mkdir(parents=True, exist_ok=True)
+    for stale_tmp in trainer.ckpt_dir.glob(".cvae_*.tmp"):  # left by a run killed while saving
+        stale_tmp.unlink(missing_ok=True)
     write_text(trainer.out_dir / "config.yaml", dump_config(config))
+    board = _tensorboard(trainer) if t.tensorboard else None
     if start_epoch == 0 and trainer.log_path.exists():
         trainer.log_path.unlink()
 
@@ -441,6 +444,11 @@ def fit(
         if improved:
             save_checkpoint(trainer.ckpt_dir / "cvae_best.pt", state)
         log(format_row(row, metric))
+        if board is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    board.add_scalar(key, value, epoch + 1)
+            board.flush()
         if t.patience > 0 and stale >= t.patience:
             log(f"early stop: {metric} has not improved for {stale} epochs (best {best:.4g} at epoch {best_epoch})")
             break
@@ -452,6 +460,16 @@ def fit(
         "best_epoch": best_epoch,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
     }
+
+
+def _tensorboard(trainer: Trainer):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise InputError(
+            'config key train.tensorboard: needs the tensorboard package (pip install "precip-cvae[tensorboard]")'
+        ) from None
+    return SummaryWriter(str(trainer.out_dir / "logs" / "tensorboard"))
 
 
 def _shapes(trainer: Trainer) -> dict:
