@@ -102,3 +102,37 @@ def write_srdrn_case(root: Path, case: dict, n_train: int) -> Path:
     np.save(root / "dates_train.npy", dates[:n_train])
     np.save(root / "dates_test.npy", dates[n_train:])
     return root
+
+
+TINY_MODEL = ["model.d_z=4", "model.base_filters=4", "model.d_x=16", "model.d_y=16", "train.batch_size=8",
+              "train.device=cpu", "train.amp=false", "train.warmup_epochs=1", "train.val_samples=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """A tiny prepared synthetic dataset: 80 days, 4x3 -> 24x20."""
+    from precip_cvae.data.prepare import PrepareOptions, prepare
+    from precip_cvae.data.srdrn import read_srdrn_directory
+    from precip_cvae.data.synthetic import SynthOptions, run_synth
+
+    root = tmp_path_factory.mktemp("prepared")
+    options = SynthOptions(days=80, hr_shape=(24, 20), lr_shape=(4, 3), oracle_members=2, seed=1)
+    run_synth(options, root / "bench", progress=False)
+    prepare(read_srdrn_directory(root / "bench"), root, PrepareOptions(progress=False))
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def trained(prepared, tmp_path_factory):
+    """A tiny cVAE trained for a few epochs on ``prepared``: returns its config."""
+    from precip_cvae.config import load_config
+    from precip_cvae.train import fit
+
+    out = tmp_path_factory.mktemp("trained")
+    config = load_config(
+        None,
+        [f"data.data_root={prepared}", f"data.outputs_root={out}", *TINY_MODEL, "train.epochs=30",
+         "model.base_filters=8", "model.d_z=8", "loss.beta_kl=0.0005", "train.lr=0.003"],
+    )  # fmt: skip
+    fit(config, progress=False, log=lambda s: None)
+    return config

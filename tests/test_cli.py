@@ -11,7 +11,7 @@ import pytest
 
 from precip_cvae.cli import build_parser, main
 
-COMMANDS = ["synth", "prepare", "demo"]
+COMMANDS = ["synth", "prepare", "train", "sample", "augment", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -42,10 +42,14 @@ def test_python_dash_m_runs_the_cli():
 
 def test_demo_end_to_end_in_a_subprocess(tmp_path):
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--days", "120", "--hr-shape", "24", "20", "--lr-shape", "4", "3", "--quiet"]
+    argv = ["demo", "--out", str(out), "--days", "120", "--hr-shape", "24", "20", "--lr-shape", "4", "3",
+            "--epochs", "2", "--quiet"]  # fmt: skip
     result = subprocess.run([sys.executable, "-m", "precip_cvae", *argv], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "prepared dataset" in result.stdout
+    for stage in ("prepared dataset", "last log row", "accepted", "SRDRN arrays with"):
+        assert stage in result.stdout, stage
+    assert (out / "outputs" / "cvae" / "checkpoints" / "cvae_best.pt").is_file()
+    assert (out / "augmented" / "obs_train_augmented.npy").is_file()
     assert len(list((out / "data" / "Y_hr").glob("day_*.npy"))) == 120
     assert np.load(out / "data" / "X_lr" / "day_000000.npy").shape == (6, 4, 3)
     split = json.loads((out / "data" / "metadata" / "split.json").read_text())

@@ -9,28 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from precip_cvae.checkpoint import load_checkpoint
 from precip_cvae.config import load_config
 from precip_cvae.errors import InputError
 from precip_cvae.train import Trainer, build_model_from_checkpoint, collapse_alarms, fit, train_step
 
-TINY = ["model.d_z=4", "model.base_filters=4", "model.d_x=16", "model.d_y=16", "train.batch_size=8",
-        "train.device=cpu", "train.amp=false", "train.warmup_epochs=1", "train.val_samples=2"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """A tiny prepared synthetic dataset: 80 days, 4x3 -> 24x20."""
-    from precip_cvae.data.prepare import PrepareOptions, prepare
-    from precip_cvae.data.srdrn import read_srdrn_directory
-    from precip_cvae.data.synthetic import SynthOptions, run_synth
-
-    root = tmp_path_factory.mktemp("prepared")
-    run_synth(SynthOptions(days=80, hr_shape=(24, 20), lr_shape=(4, 3), oracle_members=2, seed=1), root / "bench",
-              progress=False)  # fmt: skip
-    prepare(read_srdrn_directory(root / "bench"), root, PrepareOptions(progress=False))
-    return root / "data"
+TINY = TINY_MODEL
 
 
 def _config(data: Path, out: Path, *extra: str):

@@ -210,6 +210,93 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sample(sub) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="draw synthetic days from a trained cVAE, gate them in mm/day, export them",
+        description="Draw K samples per selected day (posterior: close to the real day; prior: from X_lr alone), "
+        "check each against the real day and the observed climatology in mm/day, and write the accepted ones "
+        "to <outputs_root>/synth as day_XXXXXX_sample_YY.{Y_hr_syn,X_lr_ref}.npy, plus samples.nc (all samples, "
+        "mm/day) and manifest.json (every verdict and the numbers behind it). Defaults come from the "
+        "config's sampling section.",
+    )
+    _option(p, "--config", type=Path, help="YAML config (as for train)")
+    _option(p, "--checkpoint", type=Path, help="default: <outputs_root>/checkpoints/cvae_best.pt")
+    _option(p, "--mode", choices=["posterior", "prior"])
+    _option(p, "--K", type=_positive_int, help="samples per day")
+    _option(p, "--days", help="heavy_only (heavy train days), split:train|val|test, or file:PATH (ids per line)")
+    _option(p, "--temperature", type=float, help="scale of the latent std (1.0)")
+    _option(p, "--min_threshold", type=float, help="reject below this land total / real day's land total (0.1)")
+    _option(p, "--seed", type=int)
+    _option(p, "--batch-size", type=_positive_int, help="days per forward pass")
+    _option(p, "--keep-rejected", action="store_true", help="write rejected samples to synth/rejected/")
+    _option(p, "--out", type=Path, help="output directory (default <outputs_root>/synth)")
+    _option(p, "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    p.set_defaults(func=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from precip_cvae.config import load_config
+    from precip_cvae.quality import GateConfig
+    from precip_cvae.sample import SampleOptions, format_summary, run_sample
+
+    config = load_config(args.config, args.overrides)
+    s = config.sampling
+    options = SampleOptions(
+        mode=args.mode or s.mode,
+        K=args.K or s.K,
+        days=args.days or s.days,
+        temperature=s.temperature if args.temperature is None else args.temperature,
+        seed=s.seed if args.seed is None else args.seed,
+        batch_size=args.batch_size or s.batch_size,
+        keep_rejected=args.keep_rejected,
+    )
+    gate = GateConfig(min_mass_ratio=s.min_threshold if args.min_threshold is None else args.min_threshold)
+    out = args.out or Path(config.data.outputs_root) / "synth"
+    summary = run_sample(config, options, gate, checkpoint=args.checkpoint, out_dir=out, progress=not args.quiet)
+    print(format_summary(summary, out))
+    return 0
+
+
+def _add_augment(sub) -> None:
+    p = sub.add_parser(
+        "augment",
+        help="merge accepted synthetic samples with the real training days into SRDRN arrays",
+        description="Write predictors_train_augmented.npy (N, h, w, C) and obs_train_augmented.npy (N, H, W) in "
+        "SRDRN's normalized format: the real days of the train split, then up to --per-day accepted synthetic "
+        "samples per day; augmented_rows.csv tags every row (real/synthetic, day id, sample).",
+    )
+    _option(p, "--config", type=Path, help="YAML config (for data_root and outputs_root)")
+    _option(p, "--out", "--output_dir", type=Path, required=True, help="directory to create")
+    _option(p, "--per-day", type=int, default=1, help="accepted synthetic samples used per real day (1)")
+    _option(p, "--source", type=Path, help="samples directory (default <outputs_root>/synth)")
+    _option(
+        p, "--synthetic-weight", type=float, help="also write sample_weights.npy: 1 for real rows, this for synthetic"
+    )
+    _option(p, "--overwrite", action="store_true", help="replace an existing output directory")
+    _option(p, "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    p.set_defaults(func=_run_augment)
+
+
+def _run_augment(args: argparse.Namespace) -> int:
+    from precip_cvae.augment import run_augment
+    from precip_cvae.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    source = args.source or Path(config.data.outputs_root) / "synth"
+    summary = run_augment(
+        config.data.data_root, source, args.out, per_day=args.per_day, synthetic_weight=args.synthetic_weight,
+        overwrite=args.overwrite, progress=not args.quiet,
+    )  # fmt: skip
+    print(
+        f"augmented SRDRN arrays -> {args.out}: {summary['rows']} rows ({summary['real']} real, "
+        f"{summary['synthetic']} synthetic from {summary['synthetic_days']} days)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="precip-cvae",
@@ -222,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_prepare(sub)
     _add_train(sub)
+    _add_sample(sub)
+    _add_augment(sub)
     _add_demo(sub)
     return parser
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from precip_cvae.data.normalize import threshold_to_normalized
+from precip_cvae.data.normalize import target_to_mm_per_day, threshold_to_normalized
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import read_json
 
@@ -54,7 +54,9 @@ class PreparedData:
         self.split = {k: [int(i) for i in v] for k, v in read_json(meta / "split.json").items()}
         self.categories = read_json(meta / "categories.json")
         thresholds = read_json(meta / "thresholds.json")
-        self.thresholds_mm = {k: float(thresholds[k]) for k in ("P50", "P90", "P95", "P99", "P99.9") if k in thresholds}
+        self.thresholds_mm = {
+            k: float(thresholds[k]) for k in ("P50", "P90", "P95", "P99", "P99.9", "max") if k in thresholds
+        }
         self.heavy_land_mean = float(thresholds["categories"]["heavy_land_mean_mm_per_day"])
         self.normalization = read_json(meta / "normalization.json")
         self.target_mean = _load(meta / "target_log1p_mean.npy").astype(np.float32)
@@ -75,9 +77,10 @@ class PreparedData:
         for name, array in (("target_log1p_mean", self.target_mean), ("valid_mask", self.valid_mask)):
             if array.shape != self.hr_shape:
                 raise InputError(f"{root}: {name} has shape {array.shape}, H_W.json says {self.hr_shape}")
-        land_means = _load(meta / "land_mean_mm_per_day.npy")
+        self.land_means = _load(meta / "land_mean_mm_per_day.npy")
+        self.land_wet_fraction = _load(meta / "land_wet_fraction.npy")
         period = np.array(self.split["train"] + self.split["val"], dtype=np.int64)
-        self.mean_land_mm_per_day = float(max(np.nanmean(land_means[period]), 1e-3))
+        self.mean_land_mm_per_day = float(max(np.nanmean(self.land_means[period]), 1e-3))
 
     def threshold_z(self, threshold: str | float) -> np.ndarray:
         """Per-pixel normalized equivalent of a threshold: a key of thresholds.json ("P95") or mm/day."""
@@ -107,6 +110,14 @@ class PreparedData:
     def target(self, index: int) -> np.ndarray:
         """(1, H, W) float32 normalized target of day ``index`` (NaN where there is no observation)."""
         return _load(self.root / "Y_hr" / f"day_{index:06d}.npy")
+
+    def target_mm(self, index: int) -> np.ndarray:
+        """(H, W) float32 mm/day of day ``index``, NaN outside the valid mask or where missing."""
+        mm = target_to_mm_per_day(self.target(index)[0], self.target_mean, self.target_std)
+        return np.where(self.valid_mask, mm, np.nan).astype(np.float32)
+
+    def date(self, index: int) -> str | None:
+        return self.dates.get(f"{index:06d}")
 
 
 class DayDataset(Dataset):

@@ -30,7 +30,7 @@ from precip_cvae.errors import InputError
 from precip_cvae.fileio import save_npy, staged_directory, write_json, write_text
 
 #: Percentiles of the valid pixel values of training-period days written to thresholds.json (key → p).
-PERCENTILES = {"P50": 50.0, "P90": 90.0, "P95": 95.0, "P99": 99.0, "P99.9": 99.9}
+PERCENTILES = {"P50": 50.0, "P90": 90.0, "P95": 95.0, "P99": 99.0, "P99.9": 99.9, "max": 100.0}
 #: Those whose per-pixel normalized equivalent is saved as an array.
 NORMALIZED_THRESHOLDS = ("P95", "P99", "P99.9")
 WET_MM_PER_DAY = 0.1
@@ -364,6 +364,7 @@ def _write_metadata(root: Path, source: DaySource, options: PrepareOptions, **s)
         },
     )
     save_npy(meta / "land_mean_mm_per_day.npy", s["land_means"].astype(np.float32))
+    save_npy(meta / "land_wet_fraction.npy", s["wet_fraction"].astype(np.float32))
 
     # summary
     always = int((count_any == n_days).sum())

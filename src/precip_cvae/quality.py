@@ -1,0 +1,178 @@
+"""The quality gate between generation and export: every check in mm/day over valid land pixels.
+
+A sample is rejected when its land total is too small or too large against the real day's (the reference's
+``--min_threshold``), its wet fraction falls outside the band observed on days of the same category, its
+peak exceeds a multiple of the observed record, it is a near copy of the real day, it is flat (far less
+spatial variability than the real day), or it nearly duplicates an already accepted sample of the same day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+WET_MM_PER_DAY = 0.1
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of the quality gate (all relative to the real day or to the observed climatology).
+
+    Attributes
+    ----------
+    min_mass_ratio : reject below this land total / the real day's (the reference's ``--min_threshold``)
+    max_mass_ratio : reject above this ratio
+    wet_margin : the wet-fraction band is the 5-95 % range of training days of the same category, widened
+        by this much on each side
+    peak_factor : reject a peak above this multiple of the largest value observed in the training period
+    copy_correlation, copy_difference : a near copy of the real day has a Pearson correlation at or
+        above ``copy_correlation`` and a mean absolute difference at or below ``copy_difference`` times the
+        real day's land mean
+    min_diversity : reject a sample whose mean absolute difference to an accepted sample of the same day
+        is below this times the real day's land mean
+    min_variability : reject a flat field, whose spatial std over land is below this times the real day's
+    """
+
+    min_mass_ratio: float = 0.1
+    max_mass_ratio: float = 5.0
+    wet_margin: float = 0.10
+    peak_factor: float = 1.5
+    copy_correlation: float = 0.98
+    copy_difference: float = 0.05
+    min_diversity: float = 0.05
+    min_variability: float = 0.3
+
+
+@dataclass(frozen=True)
+class Climatology:
+    """What the observations say: wet-fraction bands per category and the record peak (mm/day)."""
+
+    wet_band: dict[str, tuple[float, float]]
+    record_max: float
+
+    @classmethod
+    def from_days(
+        cls,
+        wet_fraction: np.ndarray,
+        categories: list[str],
+        record_max: float,
+        margin: float,
+    ) -> Climatology:
+        """Bands from observed wet fractions (land pixels >= 0.1 mm/day) of training days, per category."""
+        wet_fraction = np.asarray(wet_fraction, dtype=float)
+        cats = np.asarray(categories)
+        bands = {}
+        for category in ("dry", "moderate", "heavy"):
+            values = wet_fraction[(cats == category) & np.isfinite(wet_fraction)]
+            if values.size == 0:
+                values = wet_fraction[np.isfinite(wet_fraction)]
+            lo, hi = np.percentile(values, [5, 95]) if values.size else (0.0, 1.0)
+            bands[category] = (max(0.0, float(lo) - margin), min(1.0, float(hi) + margin))
+        return cls(bands, float(record_max))
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+def _failures(
+    s: np.ndarray, numbers: dict, band: tuple[float, float], category: str, climatology: Climatology, config: GateConfig
+) -> list[tuple[str, str]]:
+    """(code, reason) of every check a sample fails."""
+    out = []
+    if not np.isfinite(s).all() or (s < 0).any():
+        out.append(("invalid", "negative or non-finite values"))
+    ratio = numbers["mass_ratio"]
+    if ratio < config.min_mass_ratio:
+        out.append(("low_mass", f"mass ratio {ratio:.3g} < {config.min_mass_ratio:g}"))
+    if ratio > config.max_mass_ratio:
+        out.append(("high_mass", f"mass ratio {ratio:.3g} > {config.max_mass_ratio:g}"))
+    wet = numbers["wet_fraction"]
+    if not band[0] <= wet <= band[1]:
+        out.append(
+            ("wet_fraction", f"wet fraction {wet:.2f} outside the {category} band [{band[0]:.2f}, {band[1]:.2f}]")
+        )
+    peak, record = numbers["peak_mm_per_day"], climatology.record_max
+    if peak > config.peak_factor * record:
+        out.append(("peak", f"peak {peak:.1f} mm/day > {config.peak_factor:g} x record {record:.1f} mm/day"))
+    if (
+        numbers["correlation_with_real"] >= config.copy_correlation
+        and numbers["difference_to_real"] <= config.copy_difference
+    ):
+        out.append(("copy", "a copy of the real day"))
+    if numbers["variability_ratio"] < config.min_variability:
+        out.append(("flat", f"spatial std {numbers['variability_ratio']:.2f} x the real day's: a flat field"))
+    closest = numbers["min_difference_to_accepted"]
+    if closest is not None and closest < config.min_diversity:
+        out.append(("duplicate", "nearly identical to another accepted sample of the same day"))
+    return out
+
+
+def assess_day(
+    samples_mm: np.ndarray,
+    real_mm: np.ndarray,
+    land: np.ndarray,
+    category: str,
+    climatology: Climatology,
+    config: GateConfig,
+) -> list[dict]:
+    """The gate's verdict on each of the K samples of one day, with the numbers behind it.
+
+    Parameters
+    ----------
+    samples_mm : (K, H, W) mm/day
+    real_mm : (H, W) mm/day of the real day (NaN where missing)
+    land : (H, W) bool valid land pixels
+    category : the real day's category ("dry", "moderate", "heavy")
+
+    Returns
+    -------
+    One dict per sample: "accepted" (bool), "codes" (low_mass, high_mass, wet_fraction, peak, copy, flat,
+    duplicate, invalid), "reasons" (the same in words) and the numbers: "mass_ratio", "wet_fraction",
+    "peak_mm_per_day", "correlation_with_real", "difference_to_real", "variability_ratio",
+    "min_difference_to_accepted".
+    Samples are taken in order; diversity is checked against the samples accepted before.
+    """
+    use = land & np.isfinite(real_mm)
+    real = real_mm[use].astype(np.float64)
+    real_mean = max(float(real.mean()) if real.size else 0.0, WET_MM_PER_DAY)
+    band = climatology.wet_band.get(category, (0.0, 1.0))
+    accepted: list[np.ndarray] = []
+    verdicts = []
+    for sample in samples_mm:
+        s = sample[use].astype(np.float64)
+        numbers = {
+            "mass_ratio": float(s.sum() / real.sum()) if real.sum() > 0 else float("inf") if s.sum() > 0 else 1.0,
+            "wet_fraction": float((s >= WET_MM_PER_DAY).mean()) if s.size else 0.0,
+            "peak_mm_per_day": float(s.max()) if s.size else 0.0,
+            "correlation_with_real": _pearson(s, real),
+            "difference_to_real": float(np.abs(s - real).mean() / real_mean) if s.size else 0.0,
+            "variability_ratio": float(s.std() / real.std()) if real.size and real.std() > 0 else 1.0,
+        }
+        numbers["min_difference_to_accepted"] = (
+            min(float(np.abs(s - other).mean() / real_mean) for other in accepted) if accepted else None
+        )
+        failures = _failures(s, numbers, band, category, climatology, config)
+        codes = [code for code, _ in failures]
+        reasons = [text for _, text in failures]
+        if not reasons:
+            accepted.append(s)
+        verdicts.append({"accepted": not reasons, "codes": codes, "reasons": reasons, **numbers})
+    return verdicts
+
+
+def summarize(verdicts: list[dict]) -> dict:
+    """Counts: accepted, rejected, and rejections per reason (a sample may have several)."""
+    reasons: dict[str, int] = {}
+    for v in verdicts:
+        for code in v["codes"]:
+            reasons[code] = reasons.get(code, 0) + 1
+    accepted = sum(v["accepted"] for v in verdicts)
+    return {"samples": len(verdicts), "accepted": accepted, "rejected": len(verdicts) - accepted, "reasons": reasons}
+
+
+def gate_config_dict(config: GateConfig) -> dict:
+    return asdict(config)
