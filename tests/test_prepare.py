@@ -323,3 +323,30 @@ def test_synthetic_benchmark_srdrn_and_netcdf_prepare_alike(tmp_path):
             np.load(tmp_path / "b" / "data" / "statics" / f"{name}.npy"),
             rtol=1e-5,
         )
+
+
+def test_zarr_and_projected_grids(tmp_path, tiny_case):
+    """Zarr stores and (y, x) grids with 2-D lat/lon coordinates read like the plain NetCDF."""
+    paths = write_netcdf_case(tmp_path / "nc", tiny_case)
+    _prepare_nc(paths, tmp_path / "plain")
+    hr = xr.open_dataset(paths["highres"]).load()
+    lat2, lon2 = np.meshgrid(hr.lat.values, hr.lon.values, indexing="ij")
+    projected = xr.Dataset(
+        {"pr": (("time", "y", "x"), hr.pr.values, {"units": "mm/day"})},
+        coords={"time": hr.time, "lat": (("y", "x"), lat2), "lon": (("y", "x"), lon2)},
+    )
+    projected.to_zarr(tmp_path / "hr.zarr")
+    xr.open_dataset(paths["lowres"]).load().to_zarr(tmp_path / "lr.zarr")
+    source = read_netcdf([tmp_path / "lr.zarr"], tmp_path / "hr.zarr", TRAIN, TEST, statics=[paths["statics"]])
+    np.testing.assert_allclose(source.hr_lat, lat2)
+    prepare(source, tmp_path / "zarr", PrepareOptions(progress=False))
+    names_a = [v["name"] for v in _load(tmp_path / "plain", "variables.json")["variables"]]
+    names_b = [v["name"] for v in _load(tmp_path / "zarr", "variables.json")["variables"]]
+    order = [names_b.index(n) for n in names_a]  # a Zarr store may list its variables in another order
+    for i in (0, 39):
+        a = np.load(tmp_path / "plain" / "data" / "X_lr" / f"day_{i:06d}.npy")
+        b = np.load(tmp_path / "zarr" / "data" / "X_lr" / f"day_{i:06d}.npy")
+        np.testing.assert_allclose(a, b[order], rtol=1e-5, atol=1e-6)
+        a = np.load(tmp_path / "plain" / "data" / "Y_hr" / f"day_{i:06d}.npy")
+        b = np.load(tmp_path / "zarr" / "data" / "Y_hr" / f"day_{i:06d}.npy")
+        np.testing.assert_allclose(a, b, rtol=1e-6, equal_nan=True)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_MODEL
@@ -118,3 +119,13 @@ def test_train_cli_one_epoch_in_a_subprocess(prepared, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "cli" / "checkpoints" / "cvae_best.pt").is_file()
     assert "epoch   1" in result.stdout
+
+
+def test_stratified_batches_reach_the_heavy_share(prepared, tmp_path):
+    trainer = Trainer(_config(prepared, tmp_path, "train.heavy_share=0.5"), progress=False)
+    flags = trainer.train_set.heavy_flags()
+    assert 0 < flags.mean() < 0.2  # heavy days are rare in the data...
+    drawn = []
+    for epoch in range(20):
+        drawn.extend(b for batch in trainer.train_loader(epoch) for b in batch["heavy"].tolist())
+    assert np.mean(drawn) == pytest.approx(0.5, abs=0.08)  # ...and half of the draws
