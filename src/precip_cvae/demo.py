@@ -45,7 +45,8 @@ def run_demo(
     epochs: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run synth → prepare → train → sample → augment under ``out`` and print where each stage wrote what.
+    """Run synth → prepare → train → sample → augment → evaluate under ``out``, printing where each stage wrote
+    what and, at the end, the evaluation's headline table.
 
     Returns the paths of the stages' outputs.
     """
@@ -54,7 +55,9 @@ def run_demo(
     from precip_cvae.data.prepare import PrepareOptions, format_summary, prepare
     from precip_cvae.data.srdrn import read_srdrn_directory
     from precip_cvae.data.synthetic import SynthOptions, run_synth
+    from precip_cvae.evaluate import EvaluateOptions, run_evaluate
     from precip_cvae.quality import GateConfig
+    from precip_cvae.report import headline
     from precip_cvae.sample import SampleOptions, run_sample
     from precip_cvae.sample import format_summary as sample_summary
     from precip_cvae.train import fit
@@ -64,27 +67,38 @@ def run_demo(
     started = time.perf_counter()
     bench_dir = out / "benchmark"
     options = SynthOptions(days=days, hr_shape=hr_shape, lr_shape=lr_shape, seed=seed, oracle_members=8)
-    print(f"[1/5] synth -> {bench_dir}")
+    print(f"[1/6] synth -> {bench_dir}")
     print(run_synth(options, bench_dir, fmt="srdrn", overwrite=True, progress=progress))
-    print(f"[2/5] prepare -> {out / 'data'}")
+    print(f"[2/6] prepare -> {out / 'data'}")
     summary = prepare(read_srdrn_directory(bench_dir), out, PrepareOptions(progress=progress, overwrite=True))
     print(format_summary(summary, out / "data"), end="")
     config_path = out / "demo_config.yaml"
     write_text(config_path, demo_config_text(out))
     overrides = [f"train.epochs={epochs}"] if epochs else []
     config = load_config(config_path, overrides)
-    print(f"[3/5] train -> {config.data.outputs_root} (config {config_path})")
+    print(f"[3/6] train -> {config.data.outputs_root} (config {config_path})")
     result = fit(config, overwrite=True, progress=progress)
     last = result["last_row"]
     print("last log row: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
     synth_dir = Path(config.data.outputs_root) / "synth"
-    print(f"[4/5] sample heavy training days (posterior, K=2) -> {synth_dir}")
+    print(f"[4/6] sample heavy training days (posterior, K=2) -> {synth_dir}")
     options = SampleOptions(mode="posterior", K=2, days="heavy_only", seed=seed)
     summary = run_sample(config, options, GateConfig(), out_dir=synth_dir, progress=progress)
     print(sample_summary(summary, synth_dir))
     augmented = out / "augmented"
-    print(f"[5/5] augment -> {augmented}")
+    print(f"[5/6] augment -> {augmented}")
     rows = run_augment(config.data.data_root, synth_dir, augmented, per_day=1, overwrite=True, progress=progress)
     print(f"SRDRN arrays with {rows['real']} real and {rows['synthetic']} synthetic rows in {augmented}")
+    print(f"[6/6] evaluate the test days (prior samples, K=16) -> {Path(config.data.outputs_root) / 'evaluation'}")
+    metrics = run_evaluate(config, EvaluateOptions(split="test", K=16, seed=seed), progress=progress)
+    print(headline(metrics))
+    print(f"report: {Path(metrics['out_dir']) / 'report.md'}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s; outputs under {out}")
-    return {"benchmark": bench_dir, "data": out / "data", "config": config_path, "synth": synth_dir, **result}
+    return {
+        "benchmark": bench_dir,
+        "data": out / "data",
+        "config": config_path,
+        "synth": synth_dir,
+        "report": Path(metrics["out_dir"]) / "report.md",
+        **result,
+    }

@@ -162,7 +162,7 @@ def read_srdrn_directory(root: str | Path) -> DaySource:
         read_target_normalized=read_target_normalized,
         hr_shape=hr_shape,
         lr_shape=(int(h), int(w)),
-        describe=str(root),
+        describe=str(root.resolve()),  # absolute: evaluate finds the benchmark's oracle through it
         target_stats=(mean, std),
         predictor_stats=(np.zeros(n_channels, np.float32), np.ones(n_channels, np.float32)),
         land_mask=land_mask,

@@ -1,0 +1,208 @@
+"""Score the generator and reference ensembles on the same days, streaming, and write metrics, figures, report.
+
+For each day of the split the model draws K samples from X_lr alone; the analog, climatological and (on the
+synthetic benchmark) oracle ensembles are built for the same day. Every system is scored in mm/day over valid
+pixels, on all days and on heavy days, by :class:`precip_cvae.metrics.EnsembleScores`; nothing is kept in
+memory but the accumulators and a bounded subsample of values for the Q-Q figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from precip_cvae.baselines import AnalogEnsemble, ClimatologyEnsemble, OracleEnsemble, find_oracle
+from precip_cvae.config import Config
+from precip_cvae.data.dataset import PreparedData
+from precip_cvae.data.normalize import target_to_mm_per_day
+from precip_cvae.errors import InputError
+from precip_cvae.fileio import staged_directory, write_json
+from precip_cvae.metrics import EnsembleScores
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    split: str = "test"
+    K: int = 16
+    mode: str = "prior"
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+    baselines: tuple[str, ...] = ("analog", "climatology", "oracle")
+    oracle_path: str | None = None
+    qq_values: int = 200_000
+    maps: int = 3
+
+
+class _Reservoir:
+    """A uniform random subsample (without replacement) of at most ``size`` values of a stream, for Q-Q plots:
+    each value gets a random key and the ``size`` smallest keys are kept (bottom-k sampling)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.values = np.empty(0, np.float32)
+        self.keys = np.empty(0)
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, values: np.ndarray) -> None:
+        values = values[np.isfinite(values)].astype(np.float32)
+        self.values = np.concatenate([self.values, values])
+        self.keys = np.concatenate([self.keys, self.rng.random(values.size)])
+        if self.values.size > self.size:
+            keep = np.argpartition(self.keys, self.size)[: self.size]
+            self.values, self.keys = self.values[keep], self.keys[keep]
+
+
+class _Reliability:
+    """Counts for a reliability diagram of P(pr >= threshold): forecast probability bins vs observed frequency."""
+
+    def __init__(self, K: int):
+        self.forecast = np.zeros(K + 1)
+        self.observed = np.zeros(K + 1)
+
+    def add(self, ens: np.ndarray, obs: np.ndarray, mask: np.ndarray, threshold: float) -> None:
+        k = (ens[:, mask] >= threshold).sum(axis=0)
+        o = obs[mask] >= threshold
+        self.forecast += np.bincount(k, minlength=self.forecast.size)[: self.forecast.size]
+        self.observed += np.bincount(k, weights=o, minlength=self.observed.size)[: self.observed.size]
+
+    def result(self) -> dict:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            freq = self.observed / self.forecast
+        K = self.forecast.size - 1
+        return {
+            "probability": (np.arange(K + 1) / K).tolist(),
+            "observed_frequency": [None if not np.isfinite(f) else float(f) for f in freq],
+            "count": self.forecast.tolist(),
+        }
+
+
+class System:
+    """One ensemble system's accumulators for all days and for heavy days."""
+
+    def __init__(self, name: str, K: int, thresholds: dict, seed: int, qq_values: int):
+        self.name, self.K = name, K
+        self.all = EnsembleScores(K, thresholds, rng_seed=seed)
+        self.heavy = EnsembleScores(K, thresholds, rng_seed=seed + 1)
+        self.values = _Reservoir(qq_values, seed + 2)
+        self.reliability = {key: _Reliability(K) for key in ("P95", "P99")}
+        self.thresholds = thresholds
+
+    def add(self, ens: np.ndarray, obs: np.ndarray, mask: np.ndarray, heavy: bool) -> None:
+        ens = np.where(mask, np.nan_to_num(ens, nan=0.0), np.nan).astype(np.float32)
+        self.all.accumulate(ens, obs, mask)
+        if heavy:
+            self.heavy.accumulate(ens, obs, mask)
+        self.values.add(ens[:, mask].ravel())
+        for key, r in self.reliability.items():
+            r.add(ens, obs, mask, self.thresholds[key])
+
+
+def run_evaluate(
+    config: Config,
+    options: EvaluateOptions,
+    checkpoint: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate on ``options.split``; write ``metrics.json``, figures and ``report.md`` into ``out_dir``
+    (default ``<outputs_root>/evaluation``). Returns the metrics dict."""
+    from precip_cvae.sample import load_generator
+    from precip_cvae.train import select_device
+
+    if options.mode not in ("prior", "posterior"):
+        raise InputError(f"--mode: must be prior or posterior, got {options.mode!r}")
+    data = PreparedData(config.data.data_root)
+    device = select_device(config.train.device)
+    model, ckpt_path, state = load_generator(config, checkpoint, data, device)
+    days = data.ids(options.split)
+    if not days:
+        raise InputError(f"--split {options.split}: no days")
+    # Analog and climatological pools: the training period for test days, the train split otherwise.
+    pool = data.split["train"] + (data.split["val"] if options.split == "test" else [])
+    pool = [i for i in pool if i not in set(days)]
+    thresholds = {key: data.thresholds_mm[key] for key in ("P95", "P99", "P99.9") if key in data.thresholds_mm}
+    builders: dict[str, object] = {}
+    if "analog" in options.baselines:
+        builders["analog"] = AnalogEnsemble(data, pool, options.K)
+    if "climatology" in options.baselines:
+        builders["climatology"] = ClimatologyEnsemble(data, pool, options.K, seed=options.seed)
+    oracle_path = options.oracle_path or (find_oracle(data) if options.split == "test" else None)
+    if "oracle" in options.baselines and oracle_path is not None:
+        builders["oracle"] = OracleEnsemble(data, oracle_path)
+    systems = {"model": System("model", options.K, thresholds, options.seed, options.qq_values)}
+    for name, builder in builders.items():
+        systems[name] = System(name, builder.K, thresholds, options.seed, options.qq_values)
+    obs_values = _Reservoir(options.qq_values, options.seed + 99)
+    mask = data.valid_mask
+    statics = torch.from_numpy(data.statics)[None].to(device)
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    land_means = data.land_means
+    heaviest = set(np.asarray(days)[np.argsort(-np.nan_to_num(land_means[days], nan=-1))[: options.maps]].tolist())
+    maps: dict[int, dict] = {}
+    heavy_days = [d for d in days if data.is_heavy(d)]
+
+    bar = tqdm(total=len(days), desc=f"evaluate {options.split} (K={options.K})", unit="day", disable=not progress)
+    for start in range(0, len(days), options.batch_size):
+        batch = days[start : start + options.batch_size]
+        inputs = torch.from_numpy(np.stack([data.inputs(d) for d in batch])).to(device)
+        targets = np.stack([data.target(d) for d in batch])
+        with torch.no_grad():
+            z = model.sample(
+                inputs, statics, n_samples=options.K, temperature=options.temperature, mode=options.mode,
+                target=torch.from_numpy(np.nan_to_num(targets, nan=0.0)).to(device), generator=generator,
+            )  # fmt: skip
+        sims = target_to_mm_per_day(z.float().cpu().numpy()[:, :, 0], data.target_mean, data.target_std)
+        for b, day in enumerate(batch):
+            obs = data.target_mm(day)
+            day_mask = mask & np.isfinite(obs)
+            heavy = data.is_heavy(day)
+            obs_values.add(obs[day_mask])
+            systems["model"].add(sims[b], obs, day_mask, heavy)
+            for name, builder in builders.items():
+                members, _ = builder.members(day)
+                systems[name].add(members, obs, day_mask, heavy)
+            if day in heaviest:
+                maps[day] = {"obs": obs, "model": sims[b][:4].copy(), "date": data.date(day)}
+        bar.update(len(batch))
+    bar.close()
+
+    metrics = {
+        "split": options.split,
+        "units": "mm/day",
+        "options": {**asdict(options), "baselines": list(options.baselines)},
+        "checkpoint": str(ckpt_path),
+        "checkpoint_epoch": int(state["epoch"]) + 1,
+        "oracle": str(oracle_path) if oracle_path else None,
+        "thresholds_mm_per_day": thresholds,
+        "heavy_rule": f"land mean >= P95 of training-period land means ({data.heavy_land_mean:.3f} mm/day)",
+        "days": days,
+        "heavy_days": heavy_days,
+        "systems": {
+            name: {
+                "K": s.K,
+                "all": s.all.compute(),
+                "heavy": s.heavy.compute() if heavy_days else None,
+                "reliability": {k: r.result() for k, r in s.reliability.items()},
+            }
+            for name, s in systems.items()
+        },
+    }
+    out_dir = Path(out_dir) if out_dir else Path(config.data.outputs_root) / "evaluation"
+    from precip_cvae.plot import evaluation_figures
+    from precip_cvae.report import write_report
+
+    log_path = Path(config.data.outputs_root) / "logs" / "train_log.csv"
+    with staged_directory(out_dir, overwrite=True) as root:
+        write_json(root / "metrics.json", metrics)
+        figures = evaluation_figures(
+            root, metrics, maps, {n: s.values.values for n, s in systems.items()}, obs_values.values, log_path,
+            data.valid_mask,
+        )  # fmt: skip
+        write_report(root / "report.md", metrics, figures)
+    metrics["out_dir"] = str(out_dir)
+    return metrics
