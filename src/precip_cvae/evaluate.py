@@ -93,7 +93,10 @@ class System:
         self.thresholds = thresholds
 
     def add(self, ens: np.ndarray, obs: np.ndarray, mask: np.ndarray, heavy: bool) -> None:
-        ens = np.where(mask, np.nan_to_num(ens, nan=0.0), np.nan).astype(np.float32)
+        # A member without data at a pixel (an analog day with a station gap) removes that pixel-day from this
+        # system's scores rather than counting as 0 mm/day.
+        mask = mask & np.isfinite(ens).all(axis=0)
+        ens = np.where(mask, ens, np.nan).astype(np.float32)
         self.all.accumulate(ens, obs, mask)
         if heavy:
             self.heavy.accumulate(ens, obs, mask)

@@ -1,0 +1,107 @@
+"""Evaluation: baselines by hand, the E-OBS cross-check, and `evaluate` end to end in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from precip_cvae.baselines import AnalogEnsemble, ClimatologyEnsemble, OracleEnsemble, find_oracle
+from precip_cvae.data.dataset import PreparedData
+
+
+def test_analog_ensemble_finds_the_nearest_inputs(prepared):
+    data = PreparedData(prepared)
+    pool = data.ids("train")
+    analog = AnalogEnsemble(data, pool, K=3)
+    day = pool[5]
+    members, ids = analog.members(day)
+    assert day not in ids  # never its own analog
+    x = lambda i: ((data.inputs(i) - analog.mean) / analog.std).ravel()  # noqa: E731
+    distances = {i: float(((x(i) - x(day)) ** 2).sum()) for i in pool if i != day}
+    assert list(ids) == sorted(distances, key=distances.get)[:3]
+    np.testing.assert_array_equal(members[0], data.target_mm(int(ids[0])))
+
+
+def test_climatology_ensemble_keeps_the_calendar_month(prepared):
+    data = PreparedData(prepared)
+    clim = ClimatologyEnsemble(data, data.ids("train"), K=4, seed=0)
+    day = data.ids("val")[0]  # a February day; the train split has January and February days
+    _, ids = clim.members(day)
+    assert data.date(day)[5:7] == "02" and {data.date(int(i))[5:7] for i in ids} == {"02"}
+    _, ids = clim.members(data.ids("test")[0])  # March: no March day in the pool, so any pool day
+    assert set(ids) <= set(data.ids("train"))
+
+
+def test_oracle_is_found_and_aligned(prepared):
+    data = PreparedData(prepared)
+    path = find_oracle(data)
+    assert path is not None and path.name == "oracle_test.npy"
+    oracle = OracleEnsemble(data, path)
+    members, _ = oracle.members(data.ids("test")[0])
+    assert members.shape == (2, 24, 20)
+    assert np.isnan(members[:, ~data.valid_mask]).all() and (members[:, data.valid_mask] >= 0).all()
+
+
+def test_evaluate_end_to_end_in_a_subprocess(trained, tmp_path):
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(trained.to_dict()))
+    out = tmp_path / "evaluation"
+    argv = [sys.executable, "-m", "precip_cvae", "evaluate", "--config", str(config), "--K", "4", "--out", str(out),
+            "--quiet"]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "report:" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["systems"]) == {"model", "analog", "climatology", "oracle"}
+    data = PreparedData(trained.data.data_root)
+    assert metrics["days"] == data.ids("test")
+    for system in metrics["systems"].values():
+        assert system["all"]["CRPS"] > 0 and len(system["all"]["rank_histogram"]) == system["K"] + 1
+    report = (out / "report.md").read_text()
+    assert "| CRPS (fair), mm/day |" in report and "Gap to the oracle" in report
+    for figure in ("rank_histogram.png", "qq_intensities.png", "rapsd.png", "reliability.png", "training_curves.png"):
+        assert (out / figure).is_file(), figure
+
+
+def test_eobs_analog_crps_cross_check(tmp_path, shared_data):
+    """The issue's independent numbers: fair CRPS of the K=16 analog ensemble, 0.934 and 4.52 mm/day."""
+    from precip_cvae.data.netcdf import read_netcdf
+    from precip_cvae.data.prepare import PrepareOptions, prepare
+    from precip_cvae.metrics import EnsembleScores
+
+    d = shared_data / "eobs_iberia"
+    source = read_netcdf(
+        [d / "NCEP_Iberia_hus850.nc", d / "NCEP_Iberia_psl.nc", d / "NCEP_Iberia_ta850.nc"],
+        d / "EOBS_Iberia_pr.nc", "1982-12-01:1998-02-28", "1998-12-01:2002-02-28",
+        statics=[d / "EOBS_Iberia_grid_static.nc"],
+    )  # fmt: skip
+    prepare(source, tmp_path, PrepareOptions(progress=False))
+    data = PreparedData(tmp_path / "data")
+    analog = AnalogEnsemble(data, data.ids("train") + data.ids("val"), K=16)
+    thresholds = {k: data.thresholds_mm[k] for k in ("P95", "P99", "P99.9")}
+    scores = {"all": EnsembleScores(16, thresholds), "heavy": EnsembleScores(16, thresholds)}
+    for day in data.ids("test"):
+        members, _ = analog.members(day)
+        obs = data.target_mm(day)
+        mask = data.valid_mask & np.isfinite(obs) & np.isfinite(members).all(axis=0)
+        scores["all"].accumulate(members, obs, mask)
+        if data.is_heavy(day):
+            scores["heavy"].accumulate(members, obs, mask)
+    assert len(data.ids("test")) == 361 and sum(data.is_heavy(i) for i in data.ids("test")) == 16
+    assert scores["all"].compute()["CRPS"] == pytest.approx(0.934, rel=0.05)
+    assert scores["heavy"].compute()["CRPS"] == pytest.approx(4.52, rel=0.05)
+
+
+def test_report_marks_the_best_non_oracle_value():
+    from precip_cvae.report import table
+
+    block = lambda crps: {"CRPS": crps}  # noqa: E731
+    metrics = {"systems": {"model": {"all": block(2.0)}, "analog": {"all": block(1.5)}, "oracle": {"all": block(1.0)}}}
+    text = table(metrics, "all", rows=[("CRPS", "CRPS", "lower")])
+    assert "| CRPS | 2.000 | **1.500** | 1.000 |" in text
