@@ -79,7 +79,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     save_every: int = 10
-    select_metric: str = "val_MAE_tail"
+    select_metric: str = "val_twCRPS_P95"
     patience: int = 0
     heavy_share: float = 0.0
     max_bad_steps: int = 20

@@ -22,6 +22,7 @@ from precip_cvae.data.dataset import DayDataset, PreparedData
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import write_text
 from precip_cvae.losses import LossWeights, cvae_loss, kl_weight, to_mm_per_day
+from precip_cvae.metrics import crps_ensemble, twcrps_ensemble
 from precip_cvae.model import CVAE
 
 WET_MM_PER_DAY = 0.1
@@ -30,7 +31,8 @@ HIGHER_IS_BETTER = {"val_active_units", "val_sample_spread_mm"}
 LOG_COLUMNS = [
     "epoch", "train_loss", "train_L_rec", "train_L_mass", "train_L_kl",
     "val_loss", "val_L_rec", "val_L_mass", "val_L_kl",
-    "val_MAE_all", "val_MAE_tail", "val_RMSE_all", "val_mass_bias", "val_rec_MAE_tail",
+    "val_MAE_all", "val_MAE_tail", "val_RMSE_all", "val_mass_bias", "val_rec_MAE_tail", "val_CRPS",
+    "val_twCRPS_P95", "val_heavy_twCRPS_P95",
     "val_active_units", "val_sample_spread_mm", "val_wet_fraction_samples", "val_wet_fraction_obs",
     "val_spatial_std_ratio", "beta", "lr", "seconds", "skipped_steps", "alarms",
 ]  # fmt: skip
@@ -262,7 +264,7 @@ class Trainer:
         acc = {k: 0.0 for k in ("loss", "L_rec", "L_mass", "L_kl")}
         m = dict.fromkeys(
             ("abs", "sq", "n", "tail_abs", "tail_n", "rec_tail_abs", "bias", "days", "spread", "spread_n",
-             "wet_s", "wet_o", "std_s", "std_o"), 0.0,
+             "wet_s", "wet_o", "std_s", "std_o", "crps", "twcrps", "heavy_twcrps", "heavy_n"), 0.0,
         )  # fmt: skip
         mus = []
         n_days = 0
@@ -300,6 +302,16 @@ class Trainer:
             if sim.shape[1] >= 2:
                 m["spread"] += float(((sim[:, 0] - sim[:, 1]).abs() * mask).sum())
                 m["spread_n"] += float(mask.sum())
+            # Proper scores of the sample ensemble (fair CRPS, unbiased for any K >= 2), summed over valid pixels.
+            ens, o, valid = sim[:, :, 0].cpu().numpy(), obs[:, 0].cpu().numpy(), mask[:, 0].cpu().numpy()
+            for i in range(ens.shape[0]):
+                crps = crps_ensemble(ens[i], o[i], valid[i])
+                tw = twcrps_ensemble(ens[i], o[i], self.p95_mm, valid[i])
+                m["crps"] += float(np.nansum(crps))
+                m["twcrps"] += float(np.nansum(tw))
+                if bool(batch["heavy"][i]):
+                    m["heavy_twcrps"] += float(np.nansum(tw))
+                    m["heavy_n"] += float(valid[i].sum())
         k = t.val_samples
         mu = torch.cat(mus)
         active = int((mu.var(dim=0) > 0.01).sum()) if mu.shape[0] > 1 else 0
@@ -314,6 +326,9 @@ class Trainer:
             "val_RMSE_all": math.sqrt(m["sq"] / max(1.0, m["n"] * k)),
             "val_mass_bias": m["bias"] / max(1.0, m["days"] * k),
             "val_rec_MAE_tail": m["rec_tail_abs"] / m["tail_n"] if m["tail_n"] else float("nan"),
+            "val_CRPS": m["crps"] / max(1.0, m["n"]),
+            "val_twCRPS_P95": m["twcrps"] / max(1.0, m["n"]),
+            "val_heavy_twCRPS_P95": m["heavy_twcrps"] / m["heavy_n"] if m["heavy_n"] else float("nan"),
             "val_active_units": active,
             "val_sample_spread_mm": m["spread"] / m["spread_n"] if m["spread_n"] else float("nan"),
             "val_wet_fraction_samples": m["wet_s"] / max(1.0, m["n"] * k),
@@ -510,7 +525,7 @@ def _checkpoint_state(trainer: Trainer, epoch: int, best, best_epoch: int, stale
 
 def format_row(row: dict, metric: str) -> str:
     """One line per epoch for the terminal."""
-    keys = ("train_loss", "val_loss", "val_MAE_all", "val_MAE_tail", "val_mass_bias", "val_active_units")
+    keys = ("train_loss", "val_loss", "val_CRPS", "val_twCRPS_P95", "val_MAE_tail", "val_mass_bias", "val_active_units")
     parts = [f"epoch {row['epoch']:>3}"] + [f"{k} {float(row[k]):.4g}" for k in keys]
     parts.append(f"beta {float(row['beta']):.3g}")
     return "  ".join(parts) + f"  [{metric}]"
