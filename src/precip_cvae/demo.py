@@ -43,6 +43,7 @@ def run_demo(
     lr_shape: tuple[int, int] = (8, 7),
     seed: int = 0,
     epochs: int | None = None,
+    with_experiment: bool = False,
     progress: bool = True,
 ) -> dict:
     """Run synth → prepare → train → sample → augment → evaluate under ``out``, printing where each stage wrote
@@ -93,6 +94,16 @@ def run_demo(
     metrics = run_evaluate(config, EvaluateOptions(split="test", K=16, seed=seed), progress=progress)
     print(headline(metrics))
     print(f"report: {Path(metrics['out_dir']) / 'report.md'}")
+    if with_experiment:
+        from precip_cvae.downstream.experiment import ExperimentOptions, run_experiment
+
+        print(
+            f"[+] downstream experiment (2 seeds, 300 steps per run) -> {Path(config.data.outputs_root) / 'experiment'}"
+        )
+        report = run_experiment(
+            config, ExperimentOptions(seeds=2, steps=300, filters=16, n_blocks=4), progress=progress
+        )
+        print(report["verdict"])
     print(f"demo finished in {time.perf_counter() - started:.0f} s; outputs under {out}")
     return {
         "benchmark": bench_dir,

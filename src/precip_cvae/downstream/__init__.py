@@ -1,0 +1,1 @@
+"""Downstream deterministic downscaling (SRDRN) and its losses, for testing cVAE-based data augmentation."""

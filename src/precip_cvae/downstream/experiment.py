@@ -1,0 +1,426 @@
+"""The downstream proof: train SRDRN in several arms on the same split, budget and seeds; say which helps extremes.
+
+Arms (all train on the train split and are scored on the test days, in mm/day):
+
+- ``baseline``: real days, intensity-weighted MAE (SRDRN's loss);
+- ``augment``: real days plus accepted cVAE samples of heavy training days, weighted MAE;
+- ``oversample``: real days, heavy days drawn more often, to the heavy share of ``augment``;
+- ``reweight``: real days with DenseWeight sample weights of their land-mean precipitation;
+- ``quantile``: real days, multi-quantile pinball loss (the 0.5 quantile is the point prediction);
+- ``quantile_augment``: real plus synthetic, pinball loss;
+- ``augment_newx``: real plus synthetic pairs whose coarse precipitation channel is re-derived from the synthetic
+  target (see :func:`coarse_precipitation`), so a synthetic day is a new (X, Y) pair, not a second label of a
+  real X. Every other channel is kept as it is; the arm is skipped when X has no precipitation channel.
+
+Every run has the same number of gradient steps and batch size; batches are drawn with replacement, with the
+arm's row probabilities, from a generator seeded by the seed alone (so arms share initial weights per seed). Runs
+are saved as they finish: a re-run skips them (an interrupted experiment resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+from precip_cvae.augment import accepted_samples
+from precip_cvae.data.dataset import PreparedData
+from precip_cvae.data.normalize import target_to_mm_per_day
+from precip_cvae.downstream.losses import crps_from_quantiles, density_weights, pinball, weighted_mae
+from precip_cvae.downstream.srdrn import SRDRN
+from precip_cvae.errors import InputError
+from precip_cvae.fileio import write_json
+from precip_cvae.losses import LOG1P_MAX
+from precip_cvae.metrics import LogHistogram, contingency, csi, sedi
+
+ARMS = ("baseline", "augment", "oversample", "reweight", "quantile", "quantile_augment", "augment_newx")
+PRECIP_CHANNELS = ("pr", "pr_coarse", "tp", "rr", "prate", "precip", "precipitation", "prcp", "tprate")
+#: Metrics where lower is better (others: "zero" = closest to 0, "higher").
+RULES = {"MAE_all": "lower", "MAE_tail": "lower", "RMSE_all": "lower", "quantile_bias_P99": "zero",
+         "quantile_bias_P99.9": "zero", "CRPS_q": "lower"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExperimentOptions:
+    """Settings shared by every arm (the budget is ``steps`` gradient steps of ``batch_size`` days).
+
+    ``oversample_share``: the heavy share of the ``oversample`` arm's draws; by default that of ``augment``.
+    """
+
+    arms: tuple[str, ...] = ARMS
+    seeds: int = 3
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 1e-3
+    filters: int = 32
+    n_blocks: int = 8
+    quantiles: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+    reweight_alpha: float = 1.0
+    per_day: int = 2
+    oversample_share: float | None = None
+    fixed_thresholds_mm: tuple[float, ...] = (10.0, 25.0, 50.0)
+    device: str = "auto"
+    synth_dir: str | None = None
+
+
+@dataclass
+class Row:
+    """One training example: a real day, or a synthetic sample of a day (``newx``: with re-derived coarse precip)."""
+
+    day: int
+    sample: int = -1
+    newx: bool = False
+
+    @property
+    def synthetic(self) -> bool:
+        return self.sample >= 0
+
+
+def coarse_precipitation(field_mm: np.ndarray, data: PreparedData) -> tuple[np.ndarray, np.ndarray]:
+    """Conservative coarse-graining of a high-resolution field onto the coarse grid, by cell membership.
+
+    Each high-resolution pixel belongs to the coarse cell whose bounds (midpoints between coarse centres) contain its
+    centre; a coarse cell's value is the mean of its valid member pixels. Returns ``(values (h, w), covered (h, w)
+    bool)``: cells without a valid member pixel (outside the high-resolution domain) are not covered, and the
+    caller keeps the real day's value there. Without coordinates the two grids are taken to span the same domain.
+    """
+    H, W = data.hr_shape
+    h, w = data.lr_shape
+    lat, lon = data.root / "statics" / "lat.npy", data.root / "statics" / "lr_lat.npy"
+    if lat.is_file() and lon.is_file():
+        hr_lat, hr_lon = np.load(data.root / "statics" / "lat.npy"), np.load(data.root / "statics" / "lon.npy")
+        lr_lat, lr_lon = np.load(data.root / "statics" / "lr_lat.npy"), np.load(data.root / "statics" / "lr_lon.npy")
+        rows = _cell_index(hr_lat[:, 0], lr_lat[:, 0])
+        cols = _cell_index(hr_lon[0, :], lr_lon[0, :])
+    else:
+        rows = np.minimum((np.arange(H) + 0.5) * h / H, h - 1e-9).astype(int)
+        cols = np.minimum((np.arange(W) + 0.5) * w / W, w - 1e-9).astype(int)
+    valid = np.isfinite(field_mm)
+    sums = np.zeros((h + 2, w + 2))
+    counts = np.zeros((h + 2, w + 2))
+    r, c = np.meshgrid(rows + 1, cols + 1, indexing="ij")  # +1: index 0 and h+1 collect pixels outside the grid
+    np.add.at(sums, (r[valid], c[valid]), field_mm[valid])
+    np.add.at(counts, (r[valid], c[valid]), 1)
+    sums, counts = sums[1:-1, 1:-1], counts[1:-1, 1:-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan), counts > 0
+
+
+def _cell_index(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the coarse cell (bounds at midpoints of ascending centres) holding each point; -1 / n outside."""
+    if centres.size == 1:
+        return np.zeros(points.size, int)
+    edges = np.r_[centres[0] - (centres[1] - centres[0]) / 2, (centres[1:] + centres[:-1]) / 2,
+                  centres[-1] + (centres[-1] - centres[-2]) / 2]  # fmt: skip
+    return np.searchsorted(edges, points, side="right") - 1
+
+
+class Examples:
+    """Loads rows as tensors: (inputs (C, h, w), target (1, H, W) normalized, 0 where missing, mask (1, H, W))."""
+
+    def __init__(self, data: PreparedData, synth_dir: Path | None):
+        self.data, self.synth_dir = data, synth_dir
+        names = [v["name"] for v in json.loads((data.root / "metadata" / "variables.json").read_text())["variables"]]
+        stats_ = json.loads((data.root / "metadata" / "variables.json").read_text())["variables"]
+        self.precip_channel = next((i for i, n in enumerate(names) if n.lower() in PRECIP_CHANNELS), None)
+        if self.precip_channel is not None:
+            self.precip_mean = stats_[self.precip_channel]["mean"]
+            self.precip_std = stats_[self.precip_channel]["std"]
+        self.valid = torch.from_numpy(data.valid_mask)[None]
+
+    def load(self, row: Row) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not row.synthetic:
+            inputs, target = self.data.inputs(row.day), self.data.target(row.day)
+        else:
+            stem = self.synth_dir / f"day_{row.day:06d}_sample_{row.sample:02d}"
+            inputs, target = np.load(f"{stem}.X_lr_ref.npy"), np.load(f"{stem}.Y_hr_syn.npy")
+            if row.newx:
+                inputs = inputs.copy()
+                mm = target_to_mm_per_day(target[0], self.data.target_mean, self.data.target_std)
+                mm = np.where(self.data.valid_mask, mm, np.nan)
+                coarse, covered = coarse_precipitation(mm, self.data)
+                channel = inputs[self.precip_channel]
+                channel[covered] = ((coarse - self.precip_mean) / self.precip_std)[covered]
+        target = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))
+        mask = torch.isfinite(target) & self.valid
+        return torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)), torch.where(mask, target, 0.0), mask
+
+
+@dataclass
+class ArmPlan:
+    """What one arm trains on: rows, their draw probabilities, per-row loss weights, the loss."""
+
+    name: str
+    rows: list[Row]
+    probabilities: np.ndarray
+    weights: np.ndarray
+    quantile: bool
+    note: str = ""
+    heavy_share: float = field(default=0.0)
+
+
+def plan_arms(data: PreparedData, options: ExperimentOptions, examples: Examples) -> dict[str, ArmPlan | str]:
+    """Each arm's plan, or a string saying why it cannot run on this dataset."""
+    real = [Row(d) for d in data.ids("train")]
+    heavy = np.array([data.is_heavy(r.day) for r in real])
+    synth: list[Row] = []
+    if options.synth_dir and Path(options.synth_dir, "manifest.json").is_file():
+        accepted = accepted_samples(options.synth_dir)
+        train = set(data.ids("train"))
+        synth = [Row(d, k) for d in sorted(accepted) if d in train for k in accepted[d][: options.per_day]]
+    n_real, n_syn = len(real), len(synth)
+    uniform = lambda n: np.full(n, 1.0 / n)  # noqa: E731
+    ones = lambda n: np.ones(n)  # noqa: E731
+    # oversample matches augment's heavy share unless told otherwise (without samples: twice the natural share)
+    augmented_share = (heavy.sum() + n_syn) / (n_real + n_syn) if n_syn else min(0.5, 2 * heavy.mean())
+    if options.oversample_share is not None:
+        augmented_share = options.oversample_share
+    plans: dict[str, ArmPlan | str] = {}
+    for arm in options.arms:
+        if arm not in ARMS:
+            raise InputError(f"--arms: unknown arm {arm!r} (known: {', '.join(ARMS)})")
+        needs_synth = arm in ("augment", "quantile_augment", "augment_newx")
+        if needs_synth and not synth:
+            plans[arm] = "no accepted synthetic samples of training days (run `precip-cvae sample` first)"
+            continue
+        if arm == "augment_newx" and examples.precip_channel is None:
+            plans[arm] = "X_lr has no precipitation channel to re-derive"
+            continue
+        if arm in ("baseline", "quantile"):
+            plans[arm] = ArmPlan(arm, real, uniform(n_real), ones(n_real), arm == "quantile")
+        elif arm in ("augment", "quantile_augment"):
+            rows = real + synth
+            plans[arm] = ArmPlan(arm, rows, uniform(len(rows)), ones(len(rows)), arm == "quantile_augment")
+        elif arm == "augment_newx":
+            rows = real + [Row(r.day, r.sample, newx=True) for r in synth]
+            plans[arm] = ArmPlan(arm, rows, uniform(len(rows)), ones(len(rows)), False)
+        elif arm == "oversample":
+            p = np.where(heavy, augmented_share / max(heavy.sum(), 1), (1 - augmented_share) / max((~heavy).sum(), 1))
+            plans[arm] = ArmPlan(arm, real, p / p.sum(), ones(n_real), False, f"heavy share {augmented_share:.3f}")
+        elif arm == "reweight":
+            w = density_weights(data.land_means[[r.day for r in real]], alpha=options.reweight_alpha)
+            plans[arm] = ArmPlan(arm, real, uniform(n_real), w, False, f"DenseWeight alpha {options.reweight_alpha}")
+        plan = plans[arm]
+        if isinstance(plan, ArmPlan):
+            is_heavy = np.array([r.synthetic or data.is_heavy(r.day) for r in plan.rows])
+            plan.heavy_share = float((plan.probabilities * is_heavy).sum())
+    return plans
+
+
+def train_run(plan: ArmPlan, examples: Examples, data: PreparedData, options: ExperimentOptions, seed: int,
+              device: torch.device, progress: bool = False) -> SRDRN:  # fmt: skip
+    """Train one SRDRN for ``options.steps`` steps on the arm's rows."""
+    torch.manual_seed(seed)
+    n_out = len(options.quantiles) if plan.quantile else 1
+    model = SRDRN(data.n_channels, data.lr_shape, data.hr_shape, len(data.static_names), options.filters,
+                  options.n_blocks, n_out).to(device)  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    draws = torch.Generator().manual_seed(seed)
+    probabilities = torch.from_numpy(plan.probabilities)
+    statics = torch.from_numpy(data.statics)[None].to(device)
+    mean, std = torch.from_numpy(data.target_mean).to(device), torch.from_numpy(data.target_std).to(device)
+    for _ in tqdm(range(options.steps), desc=f"{plan.name} seed {seed}", leave=False, disable=not progress):
+        picks = torch.multinomial(probabilities, options.batch_size, replacement=True, generator=draws).tolist()
+        loaded = [examples.load(plan.rows[i]) for i in picks]
+        inputs, target, mask = (torch.stack(t).to(device) for t in zip(*loaded, strict=True))
+        weights = torch.tensor(plan.weights[picks], dtype=torch.float32, device=device)
+        pred = model(inputs, statics)
+        if plan.quantile:
+            loss = pinball(pred, target, mask, options.quantiles, weights=weights)
+        else:
+            loss = weighted_mae(pred, target, mask, mean, std, weights=weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+class DeterministicScores:
+    """Streaming scores of a point prediction on test days, in mm/day: sums, contingency tables, histograms."""
+
+    def __init__(self, thresholds: dict[str, float]):
+        self.thresholds = thresholds
+        self.sums = dict.fromkeys(("abs", "sq", "n", "tail_abs", "tail_n", "crps", "crps_n"), 0.0)
+        self.tables = {k: dict.fromkeys(("hits", "misses", "false_alarms", "correct_negatives"), 0) for k in thresholds}
+        self.sim, self.obs = LogHistogram(), LogHistogram()
+
+    def add(self, pred: np.ndarray, obs: np.ndarray, mask: np.ndarray, crps: float | None = None) -> None:
+        p, o = pred[mask], obs[mask]
+        self.sums["abs"] += float(np.abs(p - o).sum())
+        self.sums["sq"] += float(((p - o) ** 2).sum())
+        self.sums["n"] += p.size
+        tail = o >= self.thresholds["P95"]
+        self.sums["tail_abs"] += float(np.abs(p[tail] - o[tail]).sum())
+        self.sums["tail_n"] += int(tail.sum())
+        if crps is not None:
+            self.sums["crps"] += crps * p.size
+            self.sums["crps_n"] += p.size
+        for key, t in self.thresholds.items():
+            table = contingency(pred, obs, t, mask)
+            for k in table:
+                self.tables[key][k] += table[k]
+        self.sim.add(p)
+        self.obs.add(o)
+
+    def compute(self) -> dict[str, float]:
+        s = self.sums
+        out = {
+            "MAE_all": s["abs"] / max(s["n"], 1),
+            "MAE_tail": s["tail_abs"] / s["tail_n"] if s["tail_n"] else float("nan"),
+            "RMSE_all": math.sqrt(s["sq"] / max(s["n"], 1)),
+            "CRPS_q": s["crps"] / s["crps_n"] if s["crps_n"] else float("nan"),
+        }
+        for label, q in (("P99", 0.99), ("P99.9", 0.999)):
+            out[f"quantile_bias_{label}"] = self.sim.quantile(q) - self.obs.quantile(q)
+        for key, table in self.tables.items():
+            out[f"CSI_{key}"] = csi(table)
+            out[f"SEDI_{key}"] = sedi(table)
+        return out
+
+
+@torch.no_grad()
+def score_run(model: SRDRN, plan: ArmPlan, data: PreparedData, options: ExperimentOptions, device) -> dict:
+    """Scores of one trained model on all test days and on heavy test days."""
+    thresholds = {k: data.thresholds_mm[k] for k in ("P95", "P99")}
+    thresholds.update({f"{t:g}mm": t for t in options.fixed_thresholds_mm})
+    scores = {"all": DeterministicScores(thresholds), "heavy": DeterministicScores(thresholds)}
+    statics = torch.from_numpy(data.statics)[None].to(device)
+    days = data.ids("test")
+    median = options.quantiles.index(0.5) if plan.quantile and 0.5 in options.quantiles else 0
+    for start in range(0, len(days), 32):
+        batch = days[start : start + 32]
+        inputs = torch.from_numpy(np.stack([data.inputs(d) for d in batch])).to(device)
+        out = model(inputs, statics).float().cpu().numpy()
+        # An extrapolating network can ask for exp(40): cap at the loss's ceiling (about 3000 mm/day) so that one
+        # absurd pixel costs what it should, not infinity.
+        out = np.minimum(out, (LOG1P_MAX - data.target_mean) / data.target_std)
+        mm = target_to_mm_per_day(out, data.target_mean, data.target_std)
+        for b, day in enumerate(batch):
+            obs = data.target_mm(day)
+            mask = data.valid_mask & np.isfinite(obs)
+            crps = None
+            if plan.quantile:
+                crps = crps_from_quantiles(torch.from_numpy(mm[b][None]), torch.from_numpy(obs[None, None]),
+                                           options.quantiles, torch.from_numpy(mask[None, None]))  # fmt: skip
+            for subset in ("all", "heavy") if data.is_heavy(day) else ("all",):
+                scores[subset].add(mm[b, median], obs, mask, crps)
+    return {k: v.compute() for k, v in scores.items()}
+
+
+def _interval(values: list[float]) -> dict:
+    """Mean and 95 % confidence interval (Student t over seeds)."""
+    x = np.array([v for v in values if v is not None and np.isfinite(v)], float)
+    if x.size == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    if x.size == 1:
+        return {"mean": float(x[0]), "low": None, "high": None, "n": 1}
+    half = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return {"mean": float(x.mean()), "low": float(x.mean() - half), "high": float(x.mean() + half), "n": int(x.size)}
+
+
+def summarize(results: dict[str, list[dict]]) -> dict:
+    """Per arm and metric: mean and 95 % CI over seeds, and the paired difference to ``baseline``."""
+    summary: dict = {}
+    base = results.get("baseline")
+    for arm, runs in results.items():
+        summary[arm] = {}
+        for subset in ("all", "heavy"):
+            metrics = runs[0][subset].keys()
+            block = {}
+            for m in metrics:
+                entry = {"value": _interval([r[subset][m] for r in runs])}
+                if base and arm != "baseline":
+                    pairs = [r[subset][m] - b[subset][m] for r, b in zip(runs, base, strict=False)
+                             if r[subset][m] is not None and b[subset][m] is not None]  # fmt: skip
+                    entry["minus_baseline"] = _interval(pairs)
+                block[m] = entry
+            summary[arm][subset] = block
+    return summary
+
+
+def verdict(summary: dict) -> str:
+    """The first paragraph of experiment.md: which arm is best for extremes, by how much, and is it noise."""
+    key = "MAE_tail"
+    has_heavy = any(summary[a]["heavy"][key]["value"]["mean"] is not None for a in summary)
+    subset = "heavy" if has_heavy else "all"
+    ranked = sorted(
+        (a for a in summary if summary[a][subset][key]["value"]["mean"] is not None),
+        key=lambda a: summary[a][subset][key]["value"]["mean"],
+    )
+    if not ranked:
+        return "No arm produced a score on the test days."
+    best = ranked[0]
+    value = summary[best][subset][key]["value"]
+    text = (
+        f"Best for extremes: **{best}**, with an MAE over pixels at or above P95 on {subset} test days of "
+        f"{value['mean']:.2f} mm/day"
+    )
+    if "baseline" in summary and best != "baseline":
+        diff = summary[best][subset][key]["minus_baseline"]
+        base = summary["baseline"][subset][key]["value"]["mean"]
+        text += f" against {base:.2f} for the baseline (paired difference {diff['mean']:+.2f} mm/day"
+        if diff["low"] is not None:
+            beyond = diff["high"] < 0 or diff["low"] > 0
+            text += f", 95 % interval [{diff['low']:+.2f}, {diff['high']:+.2f}] over {diff['n']} seeds: "
+            text += (
+                "larger than the seed-to-seed noise)." if beyond else "not distinguishable from seed-to-seed noise)."
+            )
+        else:
+            text += "; one seed, no interval)."
+    elif best == "baseline":
+        text += ": no alternative beat the plain baseline."
+    return text + " Ranking by this metric: " + " < ".join(ranked) + "."
+
+
+def run_experiment(
+    config, options: ExperimentOptions, out_dir: str | Path | None = None, progress: bool = True
+) -> dict:
+    """Run every (arm, seed) not yet done, then write experiment.json, experiment.md and figures into out_dir."""
+    from precip_cvae.train import select_device
+
+    data = PreparedData(config.data.data_root)
+    out_dir = Path(out_dir) if out_dir else Path(config.data.outputs_root) / "experiment"
+    synth_dir = options.synth_dir or str(Path(config.data.outputs_root) / "synth")
+    options = ExperimentOptions(**{**asdict(options), "synth_dir": synth_dir})
+    device = select_device(options.device)
+    examples = Examples(data, Path(synth_dir))
+    plans = plan_arms(data, options, examples)
+    runs_dir = out_dir / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict]] = {}
+    skipped = {arm: why for arm, why in plans.items() if isinstance(why, str)}
+    todo = [(arm, s) for arm, p in plans.items() if isinstance(p, ArmPlan) for s in range(options.seeds)]
+    for arm, seed in tqdm(todo, desc="experiment", unit="run", disable=not progress):
+        path = runs_dir / f"{arm}_seed{seed}.json"
+        if path.is_file():
+            results.setdefault(arm, []).append(json.loads(path.read_text()))
+            continue
+        model = train_run(plans[arm], examples, data, options, seed, device, progress=progress)
+        scores = score_run(model, plans[arm], data, options, device)
+        write_json(path, scores)
+        results.setdefault(arm, []).append(json.loads(path.read_text()))
+    summary = summarize(results)
+    report = {
+        "options": asdict(options),
+        "arms": {
+            a: {"rows": len(p.rows), "heavy_share": p.heavy_share, "note": p.note}
+            for a, p in plans.items()
+            if isinstance(p, ArmPlan)
+        },  # fmt: skip
+        "skipped": skipped,
+        "test_days": len(data.ids("test")),
+        "heavy_test_days": sum(data.is_heavy(d) for d in data.ids("test")),
+        "summary": summary,
+        "verdict": verdict(summary),
+    }
+    write_json(out_dir / "experiment.json", report)
+    from precip_cvae.downstream.report import write_experiment_report
+
+    write_experiment_report(out_dir, report)
+    return report

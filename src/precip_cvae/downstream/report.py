@@ -1,0 +1,84 @@
+"""experiment.md and its figures: every arm with intervals, the verdict first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from precip_cvae.fileio import write_text  # noqa: E402
+
+TABLE_METRICS = ("MAE_tail", "MAE_all", "RMSE_all", "quantile_bias_P99", "quantile_bias_P99.9", "CSI_P95", "SEDI_P99",
+                 "CRPS_q")  # fmt: skip
+
+
+def _fmt(interval: dict | None) -> str:
+    if not interval or interval.get("mean") is None:
+        return "n/a"
+    if interval.get("low") is None:
+        return f"{interval['mean']:.3f}"
+    return f"{interval['mean']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+
+
+def bar_chart(path: Path, summary: dict, metric: str, subset: str) -> str:
+    arms = [a for a in summary if summary[a][subset] and summary[a][subset][metric]["value"]["mean"] is not None]
+    means = np.array([summary[a][subset][metric]["value"]["mean"] for a in arms])
+    lows = np.array([summary[a][subset][metric]["value"]["low"] or m for a, m in zip(arms, means, strict=True)])
+    highs = np.array([summary[a][subset][metric]["value"]["high"] or m for a, m in zip(arms, means, strict=True)])
+    fig, ax = plt.subplots(figsize=(1.1 * len(arms) + 2, 3.2))
+    ax.bar(arms, means, yerr=[means - lows, highs - means], capsize=4, color="tab:blue")
+    ax.set_ylabel(f"{metric} (mm/day)" if "CSI" not in metric and "SEDI" not in metric else metric)
+    ax.set_title(f"{metric}, {subset} test days (mean and 95 % interval over seeds)", fontsize=9)
+    ax.tick_params(axis="x", rotation=30)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
+def write_experiment_report(out_dir: Path, report: dict) -> None:
+    summary = report["summary"]
+    o = report["options"]
+    figures = []
+    for metric, subset in (("MAE_tail", "heavy"), ("MAE_tail", "all"), ("quantile_bias_P99", "all")):
+        if summary and any(summary[a].get(subset) for a in summary):
+            figures.append(bar_chart(out_dir / f"bars_{metric}_{subset}.png", summary, metric, subset))
+    lines = [
+        "# Downstream experiment: does augmentation help SRDRN with extremes?",
+        "",
+        report["verdict"],
+        "",
+        f"Settings: {o['seeds']} seeds per arm, {o['steps']} gradient steps of {o['batch_size']} days each, "
+        f"SRDRN with {o['filters']} filters and {o['n_blocks']} residual blocks, Adam lr {o['lr']}; quantiles "
+        f"{list(o['quantiles'])}; {report['test_days']} test days, {report['heavy_test_days']} heavy. Values: mean "
+        "and 95 % interval over seeds (Student t); 'minus baseline' is the paired difference, same seed. All in "
+        "mm/day except CSI and SEDI; the quantile arms are scored on their 0.5 quantile, and CRPS_q is the CRPS "
+        "approximated from their quantiles.",
+        "",
+    ]
+    for arm, info in report["arms"].items():
+        lines.append(f"- `{arm}`: {info['rows']} training rows, heavy share of draws {info['heavy_share']:.3f}"
+                     + (f" ({info['note']})" if info["note"] else ""))  # fmt: skip
+    for arm, why in report["skipped"].items():
+        lines.append(f"- `{arm}`: not run — {why}")
+    for subset in ("heavy", "all"):
+        lines += ["", f"## {subset.capitalize()} test days", ""]
+        arms = [a for a in summary if summary[a].get(subset)]
+        lines.append("| metric | " + " | ".join(arms) + " |")
+        lines.append("| --- |" + " --- |" * len(arms))
+        for m in TABLE_METRICS:
+            if not arms or m not in summary[arms[0]][subset]:
+                continue
+            lines.append(f"| {m} | " + " | ".join(_fmt(summary[a][subset][m]["value"]) for a in arms) + " |")
+            lines.append(
+                f"| {m} minus baseline | "
+                + " | ".join(
+                    _fmt(summary[a][subset][m].get("minus_baseline")) if a != "baseline" else "–" for a in arms
+                )
+                + " |"
+            )
+    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    write_text(out_dir / "experiment.md", "\n".join(lines) + "\n")
