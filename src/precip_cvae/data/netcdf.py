@@ -158,6 +158,17 @@ class Field:
         return values.astype(np.float32)
 
 
+def _ascending(da: xr.DataArray, ydim: str, xdim: str) -> tuple[xr.DataArray, np.ndarray | None, np.ndarray | None]:
+    """The array with 1-D latitude and longitude ascending (flipped if they run the other way), and those axes."""
+    lat = _coordinate(da, LAT_NAMES, (ydim, xdim))
+    lon = _coordinate(da, LON_NAMES, (ydim, xdim))
+    if lat is not None and lat.ndim == 1 and lat.size > 1 and lat[0] > lat[-1]:
+        da, lat = da.isel({ydim: slice(None, None, -1)}), lat[::-1]
+    if lon is not None and lon.ndim == 1 and lon.size > 1 and lon[0] > lon[-1]:
+        da, lon = da.isel({xdim: slice(None, None, -1)}), lon[::-1]
+    return da, lat, lon
+
+
 def load_field(path: Path, ds: xr.Dataset, name: str, precip_units: str | None = None) -> Field:
     """Wrap variable ``name`` of ``ds`` as a :class:`Field` (time first, latitude ascending)."""
     da = ds[name]
@@ -167,12 +178,7 @@ def load_field(path: Path, ds: xr.Dataset, name: str, precip_units: str | None =
         raise InputError(f"{where}: no time dimension (dims {tuple(da.dims)})")
     ydim, xdim = _spatial_dims(da, tdim, where)
     da = da.transpose(tdim, ydim, xdim)
-    lat = _coordinate(da, LAT_NAMES, (ydim, xdim))
-    lon = _coordinate(da, LON_NAMES, (ydim, xdim))
-    if lat is not None and lat.ndim == 1 and lat.size > 1 and lat[0] > lat[-1]:
-        da, lat = da.isel({ydim: slice(None, None, -1)}), lat[::-1]
-    if lon is not None and lon.ndim == 1 and lon.size > 1 and lon[0] > lon[-1]:
-        da, lon = da.isel({xdim: slice(None, None, -1)}), lon[::-1]
+    da, lat, lon = _ascending(da, ydim, xdim)
     units = str(da.attrs.get("units", ""))
     factor = None
     if _is_precip(name, da):
@@ -271,12 +277,7 @@ def _statics(paths: list[Path], target: Field) -> tuple[dict[str, np.ndarray], l
                 continue
             ydim, xdim = _spatial_dims(da, None, where)
             da = da.transpose(ydim, xdim)
-            lat = _coordinate(da, LAT_NAMES, (ydim, xdim))
-            lon = _coordinate(da, LON_NAMES, (ydim, xdim))
-            if lat is not None and lat.ndim == 1 and lat.size > 1 and lat[0] > lat[-1]:
-                da, lat = da.isel({ydim: slice(None, None, -1)}), lat[::-1]
-            if lon is not None and lon.ndim == 1 and lon.size > 1 and lon[0] > lon[-1]:
-                da, lon = da.isel({xdim: slice(None, None, -1)}), lon[::-1]
+            da, lat, lon = _ascending(da, ydim, xdim)
             if tuple(da.shape) != target.shape:
                 raise InputError(
                     f"{where}: shape {tuple(da.shape)} differs from the high-resolution grid {target.shape}"
