@@ -54,6 +54,7 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     assert np.isfinite(report["summary"]["quantile"]["all"]["CRPS_q"]["value"]["mean"])
     text = (out / "experiment.md").read_text()
     assert text.startswith("# Downstream experiment") and "Best for extremes" in text
+    assert (out / "qq_per_arm.png").is_file() and (out / "bars_MAE_tail_all.png").is_file()
     # finished runs are kept: a second call trains nothing and gives the same numbers
     again = subprocess.run(argv, capture_output=True, text=True)
     assert again.returncode == 0

@@ -310,7 +310,13 @@ def score_run(model: SRDRN, plan: ArmPlan, data: PreparedData, options: Experime
                                            options.quantiles, torch.from_numpy(mask[None, None]))  # fmt: skip
             for subset in ("all", "heavy") if data.is_heavy(day) else ("all",):
                 scores[subset].add(mm[b, median], obs, mask, crps)
-    return {k: v.compute() for k, v in scores.items()}
+    levels = np.round(1 - np.logspace(-4, np.log10(0.5), 30), 6)
+    qq = {
+        "levels": levels.tolist(),
+        "sim": [scores["all"].sim.quantile(q) for q in levels],
+        "obs": [scores["all"].obs.quantile(q) for q in levels],
+    }
+    return {**{k: v.compute() for k, v in scores.items()}, "qq": qq}
 
 
 def _interval(values: list[float]) -> dict:
@@ -417,6 +423,7 @@ def run_experiment(
         "test_days": len(data.ids("test")),
         "heavy_test_days": sum(data.is_heavy(d) for d in data.ids("test")),
         "summary": summary,
+        "qq": {arm: runs[0].get("qq") for arm, runs in results.items()},
         "verdict": verdict(summary),
     }
     write_json(out_dir / "experiment.json", report)

@@ -39,6 +39,26 @@ def bar_chart(path: Path, summary: dict, metric: str, subset: str) -> str:
     return path.name
 
 
+def qq_chart(path: Path, qq: dict) -> str | None:
+    """Q-Q of test intensities (all valid pixel-days): each arm's point predictions (first seed) vs observations."""
+    curves = {arm: c for arm, c in qq.items() if c}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    top = 0.0
+    for arm, c in curves.items():
+        ax.plot(c["obs"], c["sim"], ".-", ms=3, label=arm)
+        top = max(top, max(c["obs"]), max(c["sim"]))
+    ax.plot([0, top], [0, top], "k--", lw=0.8, label="1:1")
+    ax.set_xlabel("observed quantile (mm/day)")
+    ax.set_ylabel("predicted quantile (mm/day)")
+    ax.set_title("Q-Q of test intensities, 50th to 99.99th percentile", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
 def write_experiment_report(out_dir: Path, report: dict) -> None:
     summary = report["summary"]
     o = report["options"]
@@ -46,6 +66,9 @@ def write_experiment_report(out_dir: Path, report: dict) -> None:
     for metric, subset in (("MAE_tail", "heavy"), ("MAE_tail", "all"), ("quantile_bias_P99", "all")):
         if summary and any(summary[a].get(subset) for a in summary):
             figures.append(bar_chart(out_dir / f"bars_{metric}_{subset}.png", summary, metric, subset))
+    qq = qq_chart(out_dir / "qq_per_arm.png", report.get("qq", {}))
+    if qq:
+        figures.append(qq)
     lines = [
         "# Downstream experiment: does augmentation help SRDRN with extremes?",
         "",
