@@ -126,12 +126,11 @@ class Examples:
 
     def __init__(self, data: PreparedData, synth_dir: Path | None):
         self.data, self.synth_dir = data, synth_dir
-        names = [v["name"] for v in json.loads((data.root / "metadata" / "variables.json").read_text())["variables"]]
-        stats_ = json.loads((data.root / "metadata" / "variables.json").read_text())["variables"]
-        self.precip_channel = next((i for i, n in enumerate(names) if n.lower() in PRECIP_CHANNELS), None)
+        variables = json.loads((data.root / "metadata" / "variables.json").read_text())["variables"]
+        self.precip_channel = next((i for i, v in enumerate(variables) if v["name"].lower() in PRECIP_CHANNELS), None)
         if self.precip_channel is not None:
-            self.precip_mean = stats_[self.precip_channel]["mean"]
-            self.precip_std = stats_[self.precip_channel]["std"]
+            self.precip_mean = variables[self.precip_channel]["mean"]
+            self.precip_std = variables[self.precip_channel]["std"]
         self.valid = torch.from_numpy(data.valid_mask)[None]
 
     def load(self, row: Row) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
