@@ -9,8 +9,10 @@ Arms (all train on the train split and are scored on the test days, in mm/day):
 - ``quantile``: real days, multi-quantile pinball loss (the 0.5 quantile is the point prediction);
 - ``quantile_augment``: real plus synthetic, pinball loss;
 - ``augment_newx``: real plus synthetic pairs whose coarse precipitation channel is re-derived from the synthetic
-  target (see :func:`coarse_precipitation`), so a synthetic day is a new (X, Y) pair, not a second label of a
-  real X. Every other channel is kept as it is; the arm is skipped when X has no precipitation channel.
+  target (see :func:`coarse_precipitation`) and put on the channel's scale by a straight line fitted, over
+  training days, from coarse-grained observations to the channel; so a synthetic day is a new (X, Y) pair, not a
+  second label of a real X. Every other channel is kept as it is; the arm is skipped when X has no
+  precipitation channel.
 
 Every run has the same number of gradient steps and batch size; batches are drawn with replacement, with the
 arm's row probabilities, from a generator seeded by the seed alone (so arms share initial weights per seed). Runs
@@ -128,10 +130,23 @@ class Examples:
         self.data, self.synth_dir = data, synth_dir
         variables = json.loads((data.root / "metadata" / "variables.json").read_text())["variables"]
         self.precip_channel = next((i for i, v in enumerate(variables) if v["name"].lower() in PRECIP_CHANNELS), None)
-        if self.precip_channel is not None:
-            self.precip_mean = variables[self.precip_channel]["mean"]
-            self.precip_std = variables[self.precip_channel]["std"]
         self.valid = torch.from_numpy(data.valid_mask)[None]
+        if self.precip_channel is not None:
+            self.alpha, self.beta = self._calibrate()
+
+    def _calibrate(self, max_days: int = 400) -> tuple[float, float]:
+        """Least-squares line from coarse-grained observed precipitation (mm/day) to the normalized precipitation
+        channel, over training days: the channel's own scale, whatever normalization (SRDRN's included) made it."""
+        ids = self.data.ids("train")
+        ids = ids[:: max(1, len(ids) // max_days)]
+        xs, ys = [], []
+        for day in ids:
+            coarse, covered = coarse_precipitation(self.data.target_mm(day), self.data)
+            xs.append(coarse[covered])
+            ys.append(self.data.inputs(day)[self.precip_channel][covered])
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        beta, alpha = np.polyfit(x, y, 1) if x.size > 1 and x.std() > 0 else (0.0, float(y.mean()))
+        return float(alpha), float(beta)
 
     def load(self, row: Row) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not row.synthetic:
@@ -145,7 +160,7 @@ class Examples:
                 mm = np.where(self.data.valid_mask, mm, np.nan)
                 coarse, covered = coarse_precipitation(mm, self.data)
                 channel = inputs[self.precip_channel]
-                channel[covered] = ((coarse - self.precip_mean) / self.precip_std)[covered]
+                channel[covered] = (self.alpha + self.beta * coarse)[covered]
         target = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))
         mask = torch.isfinite(target) & self.valid
         return torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)), torch.where(mask, target, 0.0), mask
