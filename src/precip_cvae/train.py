@@ -430,8 +430,10 @@ def fit(
         stale_tmp.unlink(missing_ok=True)
     write_text(trainer.out_dir / "config.yaml", dump_config(config))
     board = _tensorboard(trainer) if t.tensorboard else None
-    if start_epoch == 0 and trainer.log_path.exists():
-        trainer.log_path.unlink()
+    if start_epoch == 0:  # a fresh start: nothing of an overwritten run may pass for this one's
+        trainer.log_path.unlink(missing_ok=True)
+        for old in trainer.ckpt_dir.glob("cvae_*.pt"):
+            old.unlink()
 
     metric = t.select_metric
     for epoch in range(start_epoch, t.epochs):
