@@ -129,3 +129,11 @@ def test_stratified_batches_reach_the_heavy_share(prepared, tmp_path):
     for epoch in range(20):
         drawn.extend(b for batch in trainer.train_loader(epoch) for b in batch["heavy"].tolist())
     assert np.mean(drawn) == pytest.approx(0.5, abs=0.08)  # ...and half of the draws
+
+
+def test_overwrite_leaves_nothing_of_the_previous_run(prepared, tmp_path):
+    fit(_config(prepared, tmp_path, "train.epochs=2", "train.save_every=1"), progress=False, log=lambda s: None)
+    fit(_config(prepared, tmp_path, "train.epochs=1"), overwrite=True, progress=False, log=lambda s: None)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
+    assert names == ["cvae_best.pt", "cvae_epoch_001.pt", "cvae_last.pt"]
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "logs" / "train_log.csv"))] == ["1"]
