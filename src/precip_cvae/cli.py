@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from precip_cvae import __version__
+from precip_cvae.downstream import ARMS
 from precip_cvae.errors import InputError
 
 
@@ -353,7 +354,7 @@ def _add_experiment(sub) -> None:
         "kept in <out>/runs and skipped when the command is run again.",
     )
     _option(p, "--config", type=Path, help="YAML config (for data_root and outputs_root)")
-    _option(p, "--arms", default=",".join(_ARMS), help="comma-separated arms (default: all)")
+    _option(p, "--arms", default=",".join(ARMS), help="comma-separated arms (default: all)")
     _option(p, "--seeds", type=_positive_int, default=3, help="seeds per arm (3)")
     _option(p, "--epochs", type=_positive_int, help="budget in passes over the real training days")
     _option(p, "--steps", type=_positive_int, default=1500, help="budget in gradient steps (1500), if no --epochs")
@@ -366,9 +367,6 @@ def _add_experiment(sub) -> None:
     _option(p, "--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.set_defaults(func=_run_experiment)
-
-
-_ARMS = ("baseline", "augment", "oversample", "reweight", "quantile", "quantile_augment", "augment_newx")
 
 
 def _run_experiment(args: argparse.Namespace) -> int:

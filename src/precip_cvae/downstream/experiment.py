@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from precip_cvae.augment import accepted_samples
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.normalize import target_to_mm_per_day
+from precip_cvae.downstream import ARMS
 from precip_cvae.downstream.losses import crps_from_quantiles, density_weights, pinball, weighted_mae
 from precip_cvae.downstream.srdrn import SRDRN
 from precip_cvae.errors import InputError
@@ -41,7 +42,6 @@ from precip_cvae.fileio import write_json
 from precip_cvae.losses import LOG1P_MAX
 from precip_cvae.metrics import LogHistogram, contingency, csi, sedi
 
-ARMS = ("baseline", "augment", "oversample", "reweight", "quantile", "quantile_augment", "augment_newx")
 PRECIP_CHANNELS = ("pr", "pr_coarse", "tp", "rr", "prate", "precip", "precipitation", "prcp", "tprate")
 #: Metrics where lower is better (others: "zero" = closest to 0, "higher").
 RULES = {"MAE_all": "lower", "MAE_tail": "lower", "RMSE_all": "lower", "quantile_bias_P99": "zero",
