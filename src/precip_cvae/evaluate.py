@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from precip_cvae.baselines import AnalogEnsemble, ClimatologyEnsemble, OracleEnsemble, find_oracle
 from precip_cvae.config import Config
 from precip_cvae.data.dataset import PreparedData
-from precip_cvae.data.normalize import target_to_mm_per_day
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import staged_directory, write_json
 from precip_cvae.metrics import EnsembleScores
@@ -114,7 +113,7 @@ def run_evaluate(
 ) -> dict:
     """Evaluate on ``options.split``; write ``metrics.json``, figures and ``report.md`` into ``out_dir``
     (default ``<outputs_root>/evaluation``). Returns the metrics dict."""
-    from precip_cvae.sample import load_generator
+    from precip_cvae.sample import draw_batch, load_generator
     from precip_cvae.train import select_device
 
     if options.mode not in ("prior", "posterior"):
@@ -152,14 +151,7 @@ def run_evaluate(
     bar = tqdm(total=len(days), desc=f"evaluate {options.split} (K={options.K})", unit="day", disable=not progress)
     for start in range(0, len(days), options.batch_size):
         batch = days[start : start + options.batch_size]
-        inputs = torch.from_numpy(np.stack([data.inputs(d) for d in batch])).to(device)
-        targets = np.stack([data.target(d) for d in batch])
-        with torch.no_grad():
-            z = model.sample(
-                inputs, statics, n_samples=options.K, temperature=options.temperature, mode=options.mode,
-                target=torch.from_numpy(np.nan_to_num(targets, nan=0.0)).to(device), generator=generator,
-            )  # fmt: skip
-        sims = target_to_mm_per_day(z.float().cpu().numpy()[:, :, 0], data.target_mean, data.target_std)
+        _, _, sims = draw_batch(model, data, batch, statics, options, generator)
         for b, day in enumerate(batch):
             obs = data.target_mm(day)
             day_mask = mask & np.isfinite(obs)

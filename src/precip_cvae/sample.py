@@ -195,21 +195,7 @@ def run_sample(
             bar = tqdm(total=len(ids), desc=f"sample ({options.mode}, K={options.K})", unit="day", disable=not progress)
             for start in range(0, len(ids), options.batch_size):
                 batch_ids = ids[start : start + options.batch_size]
-                inputs = np.stack([data.inputs(i) for i in batch_ids])
-                targets = np.stack([data.target(i) for i in batch_ids])
-                with torch.no_grad():
-                    z = model.sample(
-                        torch.from_numpy(inputs).to(device),
-                        statics,
-                        n_samples=options.K,
-                        temperature=options.temperature,
-                        mode=options.mode,
-                        target=torch.from_numpy(np.nan_to_num(targets, nan=0.0)).to(device),
-                        generator=generator,
-                    )
-                z = z.float().cpu().numpy()[:, :, 0]  # (B, K, H, W)
-                z[:, :, ~data.valid_mask] = np.nan
-                mm = target_to_mm_per_day(z, data.target_mean, data.target_std)
+                inputs, z, mm = draw_batch(model, data, batch_ids, statics, options, generator)
                 for b, day in enumerate(batch_ids):
                     records.extend(
                         _gate_and_write(root, data, day, inputs[b], z[b], mm[b], land, climatology, gate, options)
@@ -245,6 +231,23 @@ def run_sample(
             },
         )
     return summary
+
+
+def draw_batch(model, data: PreparedData, days: list[int], statics: torch.Tensor, options, generator):
+    """K samples for each of ``days``: the inputs (B, C, h, w), normalized samples (B, K, H, W) and the same in
+    mm/day, NaN outside the valid mask. ``options`` gives ``K``, ``temperature`` and ``mode``."""
+    device = statics.device
+    inputs = np.stack([data.inputs(i) for i in days])
+    targets = np.stack([data.target(i) for i in days])
+    with torch.no_grad():
+        z = model.sample(
+            torch.from_numpy(inputs).to(device), statics, n_samples=options.K, temperature=options.temperature,
+            mode=options.mode, target=torch.from_numpy(np.nan_to_num(targets, nan=0.0)).to(device),
+            generator=generator,
+        )  # fmt: skip
+    z = z.float().cpu().numpy()[:, :, 0]
+    z[:, :, ~data.valid_mask] = np.nan
+    return inputs, z, target_to_mm_per_day(z, data.target_mean, data.target_std)
 
 
 def _pairwise_spread(mm: np.ndarray, land: np.ndarray) -> float:
