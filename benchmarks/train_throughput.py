@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 
 from precip_cvae.config import ModelConfig
+from precip_cvae.data.normalize import Normalization
 from precip_cvae.losses import LossWeights, cvae_loss
 from precip_cvae.model import CVAE, count_parameters, flops_per_sample
 from precip_cvae.train import train_step
@@ -50,10 +52,10 @@ def measure(config: ModelConfig, channels: int, lr_shape, hr_shape, batch_size: 
         "land": torch.ones(batch_size, 1, *hr_shape, dtype=torch.bool),
         "statics": statics,
     }
-    zeros, ones = torch.zeros(hr_shape), torch.ones(hr_shape)
+    zeros, identity = torch.zeros(hr_shape), Normalization(np.zeros(hr_shape), np.ones(hr_shape))
 
     def loss_fn(out, b):
-        return cvae_loss(out, b["target"], b["mask"], b["land"], zeros, zeros, ones, 2.0, LossWeights(), 0.5)
+        return cvae_loss(out, b["target"], b["mask"], b["land"], zeros, identity, 2.0, LossWeights(), 0.5)
 
     train_step(model, batch, optimizer, loss_fn)  # warm-up
     started = time.perf_counter()

@@ -134,5 +134,5 @@ def trained(prepared, tmp_path_factory):
         [f"data.data_root={prepared}", f"data.outputs_root={out}", *TINY_MODEL, "train.epochs=30",
          "model.base_filters=8", "model.d_z=8", "loss.beta_kl=0.0005", "train.lr=0.003"],
     )  # fmt: skip
-    fit(config, progress=False, log=lambda s: None)
+    fit(config, progress=False)
     return config

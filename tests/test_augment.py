@@ -13,7 +13,6 @@ from test_sample import PERMISSIVE
 from precip_cvae.augment import AugmentedDataset, run_augment
 from precip_cvae.cli import main
 from precip_cvae.data.dataset import PreparedData
-from precip_cvae.data.normalize import target_to_mm_per_day, target_to_normalized
 from precip_cvae.errors import InputError
 from precip_cvae.sample import SampleOptions, run_sample
 
@@ -52,7 +51,7 @@ def test_rows_are_real_plus_accepted_synthetic(trained, synth, tmp_path):
     valid = data.valid_mask
     np.testing.assert_array_equal(y[n_real][valid], stored[valid])
     # outside the valid mask: the normalized value of 0 mm/day
-    np.testing.assert_allclose(target_to_mm_per_day(y[n_real], data.target_mean, data.target_std)[~valid], 0.0)
+    np.testing.assert_allclose(data.normalization.to_mm(y[n_real])[~valid], 0.0)
     weights = np.load(tmp_path / "aug" / "sample_weights.npy")
     assert weights[:n_real].tolist() == [1.0] * n_real and set(weights[n_real:].tolist()) == {0.5}
 
@@ -61,8 +60,8 @@ def test_round_trip_normalized_mm_normalized(trained, synth, tmp_path):
     data = PreparedData(trained.data.data_root)
     run_augment(data.root, synth, tmp_path / "aug", per_day=1, progress=False)
     y = np.load(tmp_path / "aug" / "obs_train_augmented.npy")
-    mm = target_to_mm_per_day(y, data.target_mean, data.target_std)
-    back = target_to_normalized(mm, data.target_mean, data.target_std)
+    mm = data.normalization.to_mm(y)
+    back = data.normalization.to_z(mm)
     wet = mm > 1e-3  # an exactly dry pixel maps to the dry value, not back to its round-off
     np.testing.assert_allclose(back[wet], y[wet], rtol=1e-4, atol=1e-4)
 

@@ -11,7 +11,7 @@ import pytest
 
 from precip_cvae.cli import build_parser, main
 
-COMMANDS = ["synth", "prepare", "train", "sample", "augment", "demo"]
+COMMANDS = ["synth", "prepare", "train", "sample", "augment", "evaluate", "experiment", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -43,10 +43,10 @@ def test_python_dash_m_runs_the_cli():
 def test_demo_end_to_end_in_a_subprocess(tmp_path):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--days", "120", "--hr-shape", "24", "20", "--lr-shape", "4", "3",
-            "--epochs", "2", "--quiet"]  # fmt: skip
+            "--epochs", "2"]  # fmt: skip
     result = subprocess.run([sys.executable, "-m", "precip_cvae", *argv], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    for stage in ("prepared dataset", "last log row", "accepted", "SRDRN arrays with"):
+    for stage in ("prepared dataset", "last log row", "accepted", "SRDRN arrays with", "heavy days:"):
         assert stage in result.stdout, stage
     assert (out / "outputs" / "cvae" / "checkpoints" / "cvae_best.pt").is_file()
     assert (out / "augmented" / "obs_train_augmented.npy").is_file()
@@ -54,9 +54,10 @@ def test_demo_end_to_end_in_a_subprocess(tmp_path):
     assert np.load(out / "data" / "X_lr" / "day_000000.npy").shape == (6, 4, 3)
     split = json.loads((out / "data" / "metadata" / "split.json").read_text())
     assert len(split["test"]) == 24 and len(split["train"]) + len(split["val"]) == 96
-    # re-running the demo is safe and replaces its own outputs
-    again = subprocess.run([sys.executable, "-m", "precip_cvae", *argv], capture_output=True, text=True)
+    # re-running the demo is safe and replaces its own outputs; --quiet leaves the result table alone on stdout
+    again = subprocess.run([sys.executable, "-m", "precip_cvae", *argv, "--quiet"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("all 24 test days:") and "last log row" not in again.stdout
 
 
 def test_synth_refuses_bad_options_in_one_line(tmp_path, capsys):
@@ -64,3 +65,41 @@ def test_synth_refuses_bad_options_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "test_fraction" in err[0]
     assert not (tmp_path / "s").exists()
+
+
+def test_a_failed_run_exits_1_and_bad_input_2(monkeypatch, tmp_path, capsys):
+    import precip_cvae.train
+    from precip_cvae.train import TrainingDiverged
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("training diverged: 21 non-finite losses in a row; lower train.lr")
+
+    monkeypatch.setattr(precip_cvae.train, "fit", diverge)
+    assert main(["train", f"data.data_root={tmp_path}", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["precip-cvae train: error: training diverged: 21 non-finite losses in a row; lower train.lr"]
+    assert main(["train", "train.epochs=0", "--quiet"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+
+
+def test_quiet_and_verbose_set_the_package_loggers_level(capsys):
+    import logging
+
+    from precip_cvae.cli import configure_logging
+
+    log = logging.getLogger("precip_cvae.some_stage")
+    try:
+        configure_logging(quiet=True)
+        log.info("hidden")
+        log.warning("shown")
+        out, err = capsys.readouterr()
+        assert out == "" and err == "precip-cvae: WARNING: shown\n"
+        configure_logging(verbose=True)
+        log.debug("details")
+        assert capsys.readouterr().out == "details\n"
+        configure_logging()
+        log.debug("details")
+        log.info("progress")
+        assert capsys.readouterr().out == "progress\n"
+    finally:
+        configure_logging()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from precip_cvae.data.normalize import Normalization
 from precip_cvae.downstream.losses import (
     crps_from_quantiles,
     density_weights,
@@ -109,14 +110,14 @@ def test_tiny_srdrn_overfits_one_batch():
     model = SRDRN(2, (3, 3), (12, 12), filters=8, n_blocks=2)
     x = torch.randn(4, 2, 3, 3)
     mm = torch.distributions.Gamma(0.7, 0.1).sample((4, 1, 12, 12))  # mm/day, some above 10
-    mean, std = torch.full((12, 12), 1.0), torch.full((12, 12), 1.2)
-    y = (torch.log1p(mm) - mean) / std
+    norm = Normalization(np.full((12, 12), 1.0), np.full((12, 12), 1.2))
+    y = norm.to_z(mm)
     mask = torch.ones(4, 1, 12, 12, dtype=torch.bool)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(300):
         opt.zero_grad()
-        loss = weighted_mae(model(x), y, mask, mean, std)
+        loss = weighted_mae(model(x), y, mask, norm)
         loss.backward()
         opt.step()
         losses.append(loss.item())
@@ -137,21 +138,21 @@ def test_weighted_mae_by_hand():
     target = _field([math.log1p(5.0), math.log1p(30.0), math.log1p(200.0)])
     pred = torch.zeros_like(target)
     mask = torch.ones_like(target, dtype=torch.bool)
-    mean, std = torch.zeros(1, 3), torch.ones(1, 3)
+    norm = Normalization(np.zeros((1, 3)), np.ones((1, 3)))
     expected = (1 * math.log1p(5.0) + 3 * math.log1p(30.0) + 10 * math.log1p(200.0)) / 3
-    assert weighted_mae(pred, target, mask, mean, std).item() == pytest.approx(expected, rel=1e-5)
+    assert weighted_mae(pred, target, mask, norm).item() == pytest.approx(expected, rel=1e-5)
     # The weight follows the observation, not the prediction; masked pixels (even NaN) do not count.
     target_nan = target.clone()
     target_nan[..., 2] = float("nan")
     mask[..., 2] = False
     pred = pred.requires_grad_()
-    loss = weighted_mae(pred, target_nan, mask, mean, std)
+    loss = weighted_mae(pred, target_nan, mask, norm)
     loss.backward()
     assert loss.item() == pytest.approx((math.log1p(5.0) + 3 * math.log1p(30.0)) / 2, rel=1e-5)
     assert torch.isfinite(pred.grad).all() and pred.grad[..., 2].item() == 0.0
     # Other scale and bounds: w = clip(pr / 20, 0.5, 2) = 0.25 -> 0.5, 1.5, 10 -> 2.
     loss = weighted_mae(
-        torch.zeros_like(target), target, torch.ones_like(mask), mean, std, w_min=0.5, w_max=2.0, scale_mm=20.0
+        torch.zeros_like(target), target, torch.ones_like(mask), norm, w_min=0.5, w_max=2.0, scale_mm=20.0
     )
     expected = (0.5 * math.log1p(5.0) + 1.5 * math.log1p(30.0) + 2 * math.log1p(200.0)) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -165,8 +166,8 @@ def test_mae_with_mask_and_sample_weights():
     # Sample weights (1, 2): (1 + 2 + 2 * 3) / (2 + 2 * 1) valid-pixel weight.
     assert mae(pred, target, mask, torch.tensor([1.0, 2.0])).item() == pytest.approx(9 / 4)
     # Weights multiply weighted_mae's terms the same way (w_int = 1 here).
-    mean, std = torch.zeros(1, 2), torch.ones(1, 2)
-    assert weighted_mae(pred, target, mask, mean, std, torch.tensor([1.0, 2.0])).item() == pytest.approx(9 / 4)
+    norm = Normalization(np.zeros((1, 2)), np.ones((1, 2)))
+    assert weighted_mae(pred, target, mask, norm, torch.tensor([1.0, 2.0])).item() == pytest.approx(9 / 4)
     assert mae(pred, target, torch.zeros_like(mask)).item() == 0.0
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from precip_cvae.baselines import AnalogEnsemble, ClimatologyEnsemble, OracleEnsemble, find_oracle
+from precip_cvae.baselines import AnalogEnsemble, ClimatologyEnsemble, OracleEnsemble
 from precip_cvae.data.dataset import PreparedData
 
 
@@ -38,7 +38,7 @@ def test_climatology_ensemble_keeps_the_calendar_month(prepared):
 
 def test_oracle_is_found_and_aligned(prepared):
     data = PreparedData(prepared)
-    path = find_oracle(data)
+    path = data.oracle_path
     assert path is not None and path.name == "oracle_test.npy"
     oracle = OracleEnsemble(data, path)
     members, _ = oracle.members(data.ids("test")[0])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from precip_cvae.data.normalize import target_to_normalized, threshold_to_normalized
+from precip_cvae.data.normalize import Normalization, target_to_normalized, threshold_to_normalized
 from precip_cvae.losses import (
     LossWeights,
     cvae_loss,
@@ -17,7 +17,6 @@ from precip_cvae.losses import (
     masked_mean,
     mass_loss,
     reconstruction_terms,
-    to_mm_per_day,
 )
 
 
@@ -55,30 +54,30 @@ def test_extreme_mask_is_taken_in_mm_per_day_pixel_by_pixel():
 
 
 def test_mass_loss_by_hand():
-    mean, std = torch.zeros(1, 3), torch.ones(1, 3)
+    norm = Normalization(np.zeros((1, 3)), np.ones((1, 3)))
     true_mm = torch.tensor([2.0, 4.0, 50.0])
     pred_mm = torch.tensor([1.0, 1.0, 0.0])
     target = torch.log1p(true_mm).view(1, 1, 1, 3)
     pred = torch.log1p(pred_mm).view(1, 1, 1, 3)
     land = torch.tensor([True, True, False]).view(1, 1, 1, 3)  # the third pixel is sea
     # |(2 + 4) - (1 + 1)| / 2 land pixels / scale 2 mm/day = 1.0
-    assert float(mass_loss(pred, target, land, mean, std, 2.0)) == pytest.approx(1.0, rel=1e-6)
+    assert float(mass_loss(pred, target, land, norm, 2.0)) == pytest.approx(1.0, rel=1e-6)
 
 
 def test_mass_loss_is_the_same_on_any_grid():
-    mean, std = torch.zeros(4, 4), torch.ones(4, 4)
+    norm = Normalization(np.zeros((4, 4)), np.ones((4, 4)))
     target = torch.full((1, 1, 4, 4), math.log1p(3.0))
     pred = torch.full((1, 1, 4, 4), math.log1p(1.0))
     land = torch.ones(1, 1, 4, 4, dtype=torch.bool)
-    small = mass_loss(pred, target, land, mean, std, 1.0)
+    small = mass_loss(pred, target, land, norm, 1.0)
     big = mass_loss(pred.repeat(1, 1, 5, 5), target.repeat(1, 1, 5, 5), land.repeat(1, 1, 5, 5),
-                    mean.repeat(5, 5), std.repeat(5, 5), 1.0)  # fmt: skip
+                    Normalization(np.zeros((20, 20)), np.ones((20, 20))), 1.0)  # fmt: skip
     assert float(small) == pytest.approx(float(big)) == pytest.approx(2.0)
 
 
 def test_to_mm_never_negative_never_inf():
     z = torch.tensor([-50.0, 0.0, 1e6])
-    mm = to_mm_per_day(z, torch.tensor(0.0), torch.tensor(1.0))
+    mm = Normalization(np.zeros(3), np.ones(3)).to_mm(z)
     assert (mm >= 0).all() and torch.isfinite(mm).all()
 
 
@@ -125,9 +124,9 @@ def test_total_loss_combines_the_terms():
     out = {"recon": torch.randn(2, 1, 3, 4, generator=g), "mu": torch.randn(2, 5, generator=g),
            "logvar": torch.zeros(2, 5)}  # fmt: skip
     mask = torch.ones_like(target, dtype=torch.bool)
-    mean, std, zt = torch.zeros(3, 4), torch.ones(3, 4), torch.zeros(3, 4)
+    norm, zt = Normalization(np.zeros((3, 4)), np.ones((3, 4))), torch.zeros(3, 4)
     w = LossWeights(lambda_base=1.0, lambda_ext=3.0, lambda_mass=0.1)
-    terms = cvae_loss(out, target, mask, mask, zt, mean, std, 1.5, w, beta=0.25)
+    terms = cvae_loss(out, target, mask, mask, zt, norm, 1.5, w, beta=0.25)
     expected = terms["MAE_all"] + 3.0 * terms["MAE_ext"] + 0.1 * terms["L_mass"] + 0.25 * terms["L_kl"]
     assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-6)
     assert float(terms["L_kl"]) == pytest.approx(0.5 * float((out["mu"] ** 2).sum(1).mean()), rel=1e-6)

@@ -307,6 +307,11 @@ def test_synthetic_benchmark_srdrn_and_netcdf_prepare_alike(tmp_path):
         statics=[nc / "statics.nc"],
     )
     prepare(source, tmp_path / "b", PrepareOptions(progress=False))
+    # the oracle is found through an explicit field, whichever format the benchmark was written in
+    from precip_cvae.data.dataset import PreparedData
+
+    assert PreparedData(tmp_path / "a" / "data").oracle_path == (tmp_path / "srdrn" / "oracle" / "oracle_test.npy")
+    assert PreparedData(tmp_path / "b" / "data").oracle_path == (nc / "oracle" / "oracle_test.npy")
     for name in ("split.json", "categories.json", "dates.json"):
         assert _load(tmp_path / "a", name) == _load(tmp_path / "b", name), name
     ta, tb = _load(tmp_path / "a", "thresholds.json"), _load(tmp_path / "b", "thresholds.json")

@@ -12,7 +12,6 @@ import pytest
 import xarray as xr
 
 from precip_cvae.data.dataset import PreparedData
-from precip_cvae.data.normalize import target_to_mm_per_day
 from precip_cvae.errors import InputError
 from precip_cvae.quality import GateConfig
 from precip_cvae.sample import SampleOptions, run_sample, select_days
@@ -41,7 +40,7 @@ def test_files_names_and_netcdf(trained, tmp_path):
     assert np.isnan(pr[:, :, ~data.valid_mask]).all()
     assert list(ds["day_id"].values) == heavy
     assert str(ds["time"].values[0])[:10] == data.date(heavy[0])
-    mm = target_to_mm_per_day(y[0], data.target_mean, data.target_std)
+    mm = data.normalization.to_mm(y[0])
     np.testing.assert_allclose(pr[2, 0][data.valid_mask], mm[data.valid_mask], rtol=1e-5, atol=1e-5)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["options"]["mode"] == "prior" and manifest["options"]["seed"] == 1

@@ -15,7 +15,8 @@ from conftest import TINY_MODEL
 from precip_cvae.checkpoint import load_checkpoint
 from precip_cvae.config import load_config
 from precip_cvae.errors import InputError
-from precip_cvae.train import Trainer, build_model_from_checkpoint, collapse_alarms, fit, train_step
+from precip_cvae.generator import build_model_from_checkpoint
+from precip_cvae.train import Trainer, collapse_alarms, fit, train_step
 
 TINY = TINY_MODEL
 
@@ -26,13 +27,12 @@ def _config(data: Path, out: Path, *extra: str):
 
 def test_overfit_one_batch(prepared, tmp_path):
     config = _config(prepared, tmp_path, "model.base_filters=8", "model.d_z=8")
-    trainer = Trainer(config, progress=False, log=lambda s: None)
-    trainer.beta = 0.0
+    trainer = Trainer(config, progress=False)
     batch = trainer.to_device(next(iter(trainer.train_loader(0))))
     opt = torch.optim.Adam(trainer.model.parameters(), lr=3e-3)
-    first = train_step(trainer.model, batch, opt, trainer.loss_fn)["total"]
+    first = train_step(trainer.model, batch, opt, trainer.loss_fn(0.0))["total"]
     for _ in range(250):
-        last = train_step(trainer.model, batch, opt, trainer.loss_fn)["total"]
+        last = train_step(trainer.model, batch, opt, trainer.loss_fn(0.0))["total"]
     assert last < first / 5, (first, last)
 
 
@@ -42,7 +42,7 @@ def test_non_finite_loss_skips_the_step(prepared, tmp_path):
     before = [p.detach().clone() for p in trainer.model.parameters()]
 
     def nan_loss(out, b):
-        terms = trainer.loss_fn(out, b)
+        terms = trainer.loss_fn(0.0)(out, b)
         terms["total"] = terms["total"] * float("nan")
         return terms
 
@@ -52,7 +52,7 @@ def test_non_finite_loss_skips_the_step(prepared, tmp_path):
 
 def test_fit_writes_checkpoints_and_log_and_they_round_trip(prepared, tmp_path):
     config = _config(prepared, tmp_path / "run", "train.epochs=2", "train.save_every=1")
-    result = fit(config, progress=False, log=lambda s: None)
+    result = fit(config, progress=False)
     ckpts = tmp_path / "run" / "checkpoints"
     for name in ("cvae_last.pt", "cvae_best.pt", "cvae_epoch_001.pt", "cvae_epoch_002.pt"):
         state = torch.load(ckpts / name, weights_only=True)
@@ -73,13 +73,13 @@ def test_fit_writes_checkpoints_and_log_and_they_round_trip(prepared, tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert result["last_row"]["epoch"] == 2
     with pytest.raises(InputError, match="--resume"):
-        fit(config, progress=False, log=lambda s: None)
+        fit(config, progress=False)
 
 
 def test_resume_equals_uninterrupted(prepared, tmp_path):
-    full = fit(_config(prepared, tmp_path / "a", "train.epochs=3"), progress=False, log=lambda s: None)
-    fit(_config(prepared, tmp_path / "b", "train.epochs=1"), progress=False, log=lambda s: None)
-    fit(_config(prepared, tmp_path / "b", "train.epochs=3"), resume=True, progress=False, log=lambda s: None)
+    full = fit(_config(prepared, tmp_path / "a", "train.epochs=3"), progress=False)
+    fit(_config(prepared, tmp_path / "b", "train.epochs=1"), progress=False)
+    fit(_config(prepared, tmp_path / "b", "train.epochs=3"), resume=True, progress=False)
     a = torch.load(tmp_path / "a" / "checkpoints" / "cvae_last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoints" / "cvae_last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 2
@@ -93,7 +93,7 @@ def test_resume_equals_uninterrupted(prepared, tmp_path):
 def test_bad_select_metric_names_the_key(prepared, tmp_path):
     with pytest.raises(InputError, match="train.select_metric"):
         fit(_config(prepared, tmp_path, "train.epochs=1", "train.select_metric=val_nope"), progress=False,
-            log=lambda s: None)  # fmt: skip
+)  # fmt: skip
 
 
 def test_missing_data_root_is_one_clear_error(tmp_path):
@@ -113,7 +113,7 @@ def test_collapse_alarms_by_hand():
 
 
 def test_train_cli_one_epoch_in_a_subprocess(prepared, tmp_path):
-    argv = [sys.executable, "-m", "precip_cvae", "train", "--quiet", f"data.data_root={prepared}",
+    argv = [sys.executable, "-m", "precip_cvae", "train", f"data.data_root={prepared}",
             f"data.outputs_root={tmp_path / 'cli'}", *TINY, "train.epochs=1"]  # fmt: skip
     result = subprocess.run(argv, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -132,8 +132,8 @@ def test_stratified_batches_reach_the_heavy_share(prepared, tmp_path):
 
 
 def test_overwrite_leaves_nothing_of_the_previous_run(prepared, tmp_path):
-    fit(_config(prepared, tmp_path, "train.epochs=2", "train.save_every=1"), progress=False, log=lambda s: None)
-    fit(_config(prepared, tmp_path, "train.epochs=1"), overwrite=True, progress=False, log=lambda s: None)
+    fit(_config(prepared, tmp_path, "train.epochs=2", "train.save_every=1"), progress=False)
+    fit(_config(prepared, tmp_path, "train.epochs=1"), overwrite=True, progress=False)
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
     assert names == ["cvae_best.pt", "cvae_epoch_001.pt", "cvae_last.pt"]
     assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "logs" / "train_log.csv"))] == ["1"]

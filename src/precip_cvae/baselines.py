@@ -82,15 +82,3 @@ class OracleEnsemble:
         members = np.array(self.values[day - self.first_test], dtype=np.float32)
         members[:, ~self.data.valid_mask] = np.nan
         return members, np.arange(self.K)
-
-
-def find_oracle(data: PreparedData) -> Path | None:
-    """The oracle file of the synthetic benchmark this dataset was prepared from, if there is one."""
-    summary_path = data.root / "metadata" / "summary.json"
-    if not summary_path.is_file():
-        return None
-    import json
-
-    source = Path(json.loads(summary_path.read_text()).get("input", ""))
-    candidate = source / "oracle" / "oracle_test.npy"
-    return candidate if candidate.is_file() else None

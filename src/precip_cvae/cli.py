@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from precip_cvae import __version__
 from precip_cvae.downstream import ARMS
-from precip_cvae.errors import InputError
+from precip_cvae.errors import InputError, RunFailed
 
 
 def _option(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs) -> None:
@@ -21,6 +22,34 @@ def _option(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs)
         if spelling not in flags:
             flags.append(spelling)
     parser.add_argument(*flags, **kwargs)
+
+
+def _verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", action="store_true", help="no progress bars; only warnings and errors")
+    group.add_argument("--verbose", "-v", action="store_true", help="also debug messages")
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Messages of the package's loggers: information to stdout, warnings and errors to stderr.
+
+    ``quiet``: warnings and errors only; ``verbose``: debug messages too. Called once by :func:`main`; a library
+    user routes or silences the ``precip_cvae`` logger as with any other.
+    """
+    root = logging.getLogger("precip_cvae")
+    for handler in list(root.handlers):
+        if getattr(handler, "_precip_cvae", False):
+            root.removeHandler(handler)
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    err.setFormatter(logging.Formatter("precip-cvae: %(levelname)s: %(message)s"))
+    for handler in (out, err):
+        handler._precip_cvae = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
 
 
 def _positive_int(text: str) -> int:
@@ -49,7 +78,7 @@ def _add_synth(sub) -> None:
     _option(p, "--oracle-members", type=_positive_int, default=16, help="oracle redraws per test day K (16)")
     _option(p, "--start-date", default="1981-01-01", help="date of the first day")
     _option(p, "--overwrite", action="store_true", help="replace an existing output directory")
-    _option(p, "--quiet", action="store_true", help="no progress bars")
+    _verbosity(p)
     p.set_defaults(func=_run_synth)
 
 
@@ -96,7 +125,7 @@ def _add_prepare(sub) -> None:
     _option(p, "--spacing-km", type=float, default=4.0, help="cell size when the grid has no coordinates (4 km)")
     _option(p, "--chunk-days", type=_positive_int, default=64, help="days read at once (64)")
     _option(p, "--overwrite", action="store_true", help="replace an existing <output_dir>/data")
-    _option(p, "--quiet", action="store_true", help="no progress bars")
+    _verbosity(p)
     p.set_defaults(func=_run_prepare)
 
 
@@ -161,14 +190,14 @@ def _add_demo(sub) -> None:
     _option(p, "--seed", type=int, default=0)
     _option(p, "--epochs", type=_positive_int, help="training epochs (default: the demo config's)")
     _option(p, "--with-experiment", action="store_true", help="also run a small downstream experiment (slow)")
-    _option(p, "--quiet", action="store_true", help="no progress bars")
+    _verbosity(p)
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from precip_cvae.demo import run_demo
 
-    run_demo(
+    result = run_demo(
         args.out,
         days=args.days,
         hr_shape=tuple(args.hr_shape),
@@ -178,6 +207,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         with_experiment=args.with_experiment,
         progress=not args.quiet,
     )
+    print(result["headline"])
     return 0
 
 
@@ -193,7 +223,7 @@ def _add_train(sub) -> None:
     _option(p, "--resume", action="store_true", help="continue from <outputs_root>/checkpoints/cvae_last.pt")
     _option(p, "--overwrite", action="store_true", help="start again even if a run exists in outputs_root")
     _option(p, "--print-config", action="store_true", help="print the commented default config and exit")
-    _option(p, "--quiet", action="store_true", help="no progress bars")
+    _verbosity(p)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.set_defaults(func=_run_train)
 
@@ -234,7 +264,7 @@ def _add_sample(sub) -> None:
     _option(p, "--batch-size", type=_positive_int, help="days per forward pass")
     _option(p, "--keep-rejected", action="store_true", help="write rejected samples to synth/rejected/")
     _option(p, "--out", type=Path, help="output directory (default <outputs_root>/synth)")
-    _option(p, "--quiet", action="store_true", help="no progress bars")
+    _verbosity(p)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.set_defaults(func=_run_sample)
 
@@ -278,7 +308,7 @@ def _add_augment(sub) -> None:
         p, "--synthetic-weight", type=float, help="also write sample_weights.npy: 1 for real rows, this for synthetic"
     )
     _option(p, "--overwrite", action="store_true", help="replace an existing output directory")
-    _option(p, "--quiet", action="store_true", help="no progress bars")
+    _verbosity(p)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.set_defaults(func=_run_augment)
 
@@ -319,7 +349,7 @@ def _add_evaluate(sub) -> None:
     _option(p, "--baselines", default="analog,climatology,oracle", help="comma-separated subset")
     _option(p, "--oracle", type=Path, help="oracle_test.npy (found automatically for a synthetic benchmark)")
     _option(p, "--out", type=Path, help="output directory (default <outputs_root>/evaluation)")
-    _option(p, "--quiet", action="store_true", help="no progress bars")
+    _verbosity(p)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.set_defaults(func=_run_evaluate)
 
@@ -364,7 +394,7 @@ def _add_experiment(sub) -> None:
     _option(p, "--per-day", type=_positive_int, default=2, help="synthetic samples used per heavy training day (2)")
     _option(p, "--source", type=Path, help="samples directory (default <outputs_root>/synth)")
     _option(p, "--out", type=Path, help="output directory (default <outputs_root>/experiment)")
-    _option(p, "--quiet", action="store_true", help="no progress bars")
+    _verbosity(p)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.set_defaults(func=_run_experiment)
 
@@ -416,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     show_traceback = args.traceback or bool(os.environ.get("PRECIP_CVAE_TRACEBACK"))
+    configure_logging(quiet=args.quiet, verbose=args.verbose)
     started = time.perf_counter()
     try:
         status = args.func(args)
@@ -424,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"precip-cvae {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        if show_traceback:
+            raise
+        print(f"precip-cvae {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"precip-cvae {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -431,6 +467,15 @@ def main(argv: list[str] | None = None) -> int:
         if show_traceback:
             raise
         print(f"precip-cvae {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError and the like, raised outside training
+        if show_traceback or "out of memory" not in str(err).lower():
+            raise
+        print(
+            f"precip-cvae {args.command}: error: out of memory on the device ({str(err).splitlines()[0]}); lower "
+            "the batch size (train.batch_size, --batch-size) or run on a device with more memory",
+            file=sys.stderr,
+        )
         return 1
     if args.command != "demo":
         print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from precip_cvae.fileio import write_text
+
+logger = logging.getLogger(__name__)
 
 #: The demo's model and training settings: small enough for 2 CPU cores in a few minutes.
 DEMO_OVERRIDES = {
@@ -46,10 +49,10 @@ def run_demo(
     with_experiment: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Run synth → prepare → train → sample → augment → evaluate under ``out``, printing where each stage wrote
-    what and, at the end, the evaluation's headline table.
+    """Run synth → prepare → train → sample → augment → evaluate under ``out``, logging where each stage wrote
+    what.
 
-    Returns the paths of the stages' outputs.
+    Returns the paths of the stages' outputs and, as ``headline``, the evaluation's headline table.
     """
     from precip_cvae.augment import run_augment
     from precip_cvae.config import load_config
@@ -68,48 +71,53 @@ def run_demo(
     started = time.perf_counter()
     bench_dir = out / "benchmark"
     options = SynthOptions(days=days, hr_shape=hr_shape, lr_shape=lr_shape, seed=seed, oracle_members=8)
-    print(f"[1/6] synth -> {bench_dir}")
-    print(run_synth(options, bench_dir, fmt="srdrn", overwrite=True, progress=progress))
-    print(f"[2/6] prepare -> {out / 'data'}")
+    logger.info(f"[1/6] synth -> {bench_dir}")
+    logger.info(run_synth(options, bench_dir, fmt="srdrn", overwrite=True, progress=progress))
+    logger.info(f"[2/6] prepare -> {out / 'data'}")
     summary = prepare(read_srdrn_directory(bench_dir), out, PrepareOptions(progress=progress, overwrite=True))
-    print(format_summary(summary, out / "data"), end="")
+    logger.info(format_summary(summary, out / "data").rstrip("\n"))
     config_path = out / "demo_config.yaml"
     write_text(config_path, demo_config_text(out))
     overrides = [f"train.epochs={epochs}"] if epochs else []
     config = load_config(config_path, overrides)
-    print(f"[3/6] train -> {config.data.outputs_root} (config {config_path})")
+    logger.info(f"[3/6] train -> {config.data.outputs_root} (config {config_path})")
     result = fit(config, overwrite=True, progress=progress)
     last = result["last_row"]
-    print("last log row: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+    logger.info(
+        "last log row: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items())
+    )
     synth_dir = Path(config.data.outputs_root) / "synth"
-    print(f"[4/6] sample heavy training days (posterior, K=2) -> {synth_dir}")
+    logger.info(f"[4/6] sample heavy training days (posterior, K=2) -> {synth_dir}")
     options = SampleOptions(mode="posterior", K=2, days="heavy_only", seed=seed)
     summary = run_sample(config, options, GateConfig(), out_dir=synth_dir, progress=progress)
-    print(sample_summary(summary, synth_dir))
+    logger.info(sample_summary(summary, synth_dir))
     augmented = out / "augmented"
-    print(f"[5/6] augment -> {augmented}")
+    logger.info(f"[5/6] augment -> {augmented}")
     rows = run_augment(config.data.data_root, synth_dir, augmented, per_day=1, overwrite=True, progress=progress)
-    print(f"SRDRN arrays with {rows['real']} real and {rows['synthetic']} synthetic rows in {augmented}")
-    print(f"[6/6] evaluate the test days (prior samples, K=16) -> {Path(config.data.outputs_root) / 'evaluation'}")
+    logger.info(f"SRDRN arrays with {rows['real']} real and {rows['synthetic']} synthetic rows in {augmented}")
+    logger.info(
+        f"[6/6] evaluate the test days (prior samples, K=16) -> {Path(config.data.outputs_root) / 'evaluation'}"
+    )
     metrics = run_evaluate(config, EvaluateOptions(split="test", K=16, seed=seed), progress=progress)
-    print(headline(metrics))
-    print(f"report: {Path(metrics['out_dir']) / 'report.md'}")
+    table = headline(metrics)
+    logger.info(f"report: {Path(metrics['out_dir']) / 'report.md'}")
     if with_experiment:
         from precip_cvae.downstream.experiment import ExperimentOptions, run_experiment
 
-        print(
+        logger.info(
             f"[+] downstream experiment (2 seeds, 300 steps per run) -> {Path(config.data.outputs_root) / 'experiment'}"
         )
         report = run_experiment(
             config, ExperimentOptions(seeds=2, steps=300, filters=16, n_blocks=4), progress=progress
         )
-        print(report["verdict"])
-    print(f"demo finished in {time.perf_counter() - started:.0f} s; outputs under {out}")
+        logger.info(report["verdict"])
+    logger.info(f"demo finished in {time.perf_counter() - started:.0f} s; outputs under {out}")
     return {
         "benchmark": bench_dir,
         "data": out / "data",
         "config": config_path,
         "synth": synth_dir,
         "report": Path(metrics["out_dir"]) / "report.md",
+        "headline": table,
         **result,
     }

@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from precip_cvae.baselines import AnalogEnsemble, ClimatologyEnsemble, OracleEnsemble, find_oracle
+from precip_cvae.baselines import AnalogEnsemble, ClimatologyEnsemble, OracleEnsemble
 from precip_cvae.config import Config
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import staged_directory, write_json
+from precip_cvae.generator import Generator, select_device
 from precip_cvae.metrics import EnsembleScores
 
 
@@ -113,14 +113,10 @@ def run_evaluate(
 ) -> dict:
     """Evaluate on ``options.split``; write ``metrics.json``, figures and ``report.md`` into ``out_dir``
     (default ``<outputs_root>/evaluation``). Returns the metrics dict."""
-    from precip_cvae.sample import draw_batch, load_generator
-    from precip_cvae.train import select_device
-
     if options.mode not in ("prior", "posterior"):
         raise InputError(f"--mode: must be prior or posterior, got {options.mode!r}")
     data = PreparedData(config.data.data_root)
-    device = select_device(config.train.device)
-    model, ckpt_path, state = load_generator(config, checkpoint, data, device)
+    gen = Generator.from_outputs(data, config.data.outputs_root, checkpoint, select_device(config.train.device))
     days = data.ids(options.split)
     if not days:
         raise InputError(f"--split {options.split}: no days")
@@ -133,7 +129,7 @@ def run_evaluate(
         builders["analog"] = AnalogEnsemble(data, pool, options.K)
     if "climatology" in options.baselines:
         builders["climatology"] = ClimatologyEnsemble(data, pool, options.K, seed=options.seed)
-    oracle_path = options.oracle_path or (find_oracle(data) if options.split == "test" else None)
+    oracle_path = options.oracle_path or (data.oracle_path if options.split == "test" else None)
     if "oracle" in options.baselines and oracle_path is not None:
         builders["oracle"] = OracleEnsemble(data, oracle_path)
     systems = {"model": System("model", options.K, thresholds, options.seed, options.qq_values)}
@@ -141,8 +137,7 @@ def run_evaluate(
         systems[name] = System(name, builder.K, thresholds, options.seed, options.qq_values)
     obs_values = _Reservoir(options.qq_values, options.seed + 99)
     mask = data.valid_mask
-    statics = torch.from_numpy(data.statics)[None].to(device)
-    generator = torch.Generator(device=device).manual_seed(options.seed)
+    rng = gen.rng(options.seed)
     land_means = data.land_means
     heaviest = set(np.asarray(days)[np.argsort(-np.nan_to_num(land_means[days], nan=-1))[: options.maps]].tolist())
     maps: dict[int, dict] = {}
@@ -151,7 +146,7 @@ def run_evaluate(
     bar = tqdm(total=len(days), desc=f"evaluate {options.split} (K={options.K})", unit="day", disable=not progress)
     for start in range(0, len(days), options.batch_size):
         batch = days[start : start + options.batch_size]
-        _, _, sims = draw_batch(model, data, batch, statics, options, generator)
+        _, _, sims = gen.draw(batch, options.K, options.mode, options.temperature, rng)
         for b, day in enumerate(batch):
             obs = data.target_mm(day)
             day_mask = mask & np.isfinite(obs)
@@ -170,8 +165,8 @@ def run_evaluate(
         "split": options.split,
         "units": "mm/day",
         "options": {**asdict(options), "baselines": list(options.baselines)},
-        "checkpoint": str(ckpt_path),
-        "checkpoint_epoch": int(state["epoch"]) + 1,
+        "checkpoint": str(gen.path),
+        "checkpoint_epoch": gen.epoch,
         "oracle": str(oracle_path) if oracle_path else None,
         "thresholds_mm_per_day": thresholds,
         "heavy_rule": f"land mean >= P95 of training-period land means ({data.heavy_land_mean:.3f} mm/day)",

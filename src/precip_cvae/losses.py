@@ -8,14 +8,11 @@ per-pixel normalized equivalent of the physical threshold. Pixels outside ``mask
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-#: Largest log1p(mm/day) the differentiable inverse transform lets through (about 3000 mm/day): an
-#: untrained decoder's outputs must not overflow exp().
-LOG1P_MAX = math.log1p(3000.0)
+from precip_cvae.data.normalize import Normalization
 
 
 @dataclass(frozen=True)
@@ -54,17 +51,11 @@ def reconstruction_terms(
     return masked_mean(error, mask), masked_mean(error, extreme)
 
 
-def to_mm_per_day(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Differentiable inverse transform: normalized → mm/day (clipped at 0 and at :data:`LOG1P_MAX`)."""
-    return torch.expm1((z * std + mean).clamp(max=LOG1P_MAX)).clamp_min(0.0)
-
-
 def mass_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
     land: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    normalization: Normalization,
     scale_mm_per_day: float,
 ) -> torch.Tensor:
     """``|sum_land Y_true - sum_land Y_hat|`` in mm/day, divided by the land pixel count and a scale.
@@ -76,7 +67,7 @@ def mass_loss(
     ----------
     pred, target : (B, 1, H, W) normalized
     land : (B, 1, H, W) bool, valid land pixels with an observation
-    mean, std : (H, W) per-pixel statistics of log1p(mm/day)
+    normalization : the target transform (its differentiable inverse gives mm/day)
 
     Returns
     -------
@@ -84,8 +75,8 @@ def mass_loss(
     """
     weight = land.to(pred.dtype)
     count = weight.sum(dim=(1, 2, 3)).clamp_min(1.0)
-    true_sum = (to_mm_per_day(target, mean, std) * weight).sum(dim=(1, 2, 3))
-    pred_sum = (to_mm_per_day(pred, mean, std) * weight).sum(dim=(1, 2, 3))
+    true_sum = (normalization.to_mm(target) * weight).sum(dim=(1, 2, 3))
+    pred_sum = (normalization.to_mm(pred) * weight).sum(dim=(1, 2, 3))
     return ((true_sum - pred_sum).abs() / count).mean() / scale_mm_per_day
 
 
@@ -138,8 +129,7 @@ def cvae_loss(
     mask: torch.Tensor,
     land: torch.Tensor,
     threshold_z: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    normalization: Normalization,
     scale_mm_per_day: float,
     weights: LossWeights,
     beta: float,
@@ -151,7 +141,7 @@ def cvae_loss(
     out : the model's forward output ("recon", "mu", "logvar", "prior_mu", "prior_logvar")
     target : (B, 1, H, W) normalized, 0 where ``mask`` is False
     mask : (B, 1, H, W) bool valid pixels with an observation; land : the land subset of it
-    threshold_z : (H, W) normalized extreme threshold; mean, std : (H, W) log1p statistics
+    threshold_z : (H, W) normalized extreme threshold; normalization : the target transform
     beta : the KL weight of this step (after warm-up)
 
     Returns
@@ -161,7 +151,7 @@ def cvae_loss(
     recon = out["recon"].float()
     mae_all, mae_ext = reconstruction_terms(recon, target, mask, threshold_z)
     l_rec = weights.lambda_base * mae_all + weights.lambda_ext * mae_ext
-    l_mass = mass_loss(recon, target, land, mean, std, scale_mm_per_day)
+    l_mass = mass_loss(recon, target, land, normalization, scale_mm_per_day)
     prior_mu, prior_logvar = out.get("prior_mu"), out.get("prior_logvar")
     l_kl, per_dim = kl_divergence(
         out["mu"].float(),

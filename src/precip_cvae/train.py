@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -15,15 +16,16 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from precip_cvae import __version__
-from precip_cvae.checkpoint import load_checkpoint, save_checkpoint
+from precip_cvae.checkpoint import check_against, load_checkpoint, save_checkpoint, training_state
 from precip_cvae.config import Config, dump_config
 from precip_cvae.data.dataset import DayDataset, PreparedData
-from precip_cvae.errors import InputError
+from precip_cvae.errors import InputError, RunFailed
 from precip_cvae.fileio import write_text
-from precip_cvae.losses import LossWeights, cvae_loss, kl_weight, to_mm_per_day
+from precip_cvae.generator import BEST_CHECKPOINT, CHECKPOINT_DIR, build_model, select_device
+from precip_cvae.losses import LossWeights, cvae_loss, kl_weight
 from precip_cvae.metrics import crps_ensemble, twcrps_ensemble
-from precip_cvae.model import CVAE
+
+logger = logging.getLogger(__name__)
 
 WET_MM_PER_DAY = 0.1
 #: Log columns where a larger value is better (for best-checkpoint selection).
@@ -38,7 +40,7 @@ LOG_COLUMNS = [
 ]  # fmt: skip
 
 
-class TrainingDiverged(InputError):
+class TrainingDiverged(RunFailed):
     """Too many non-finite losses in a row."""
 
 
@@ -99,23 +101,6 @@ def train_step(
     return result
 
 
-def select_device(name: str) -> torch.device:
-    """ "auto" → cuda, then mps, then cpu; anything else is passed to torch.device."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"config key train.device: {name!r} is not a device (auto, cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"config key train.device: {name!r} requested but CUDA is not available")
-    return device
-
-
 def lr_at(epoch: int, config: Config) -> float:
     """Learning rate of an epoch: linear warm-up, then constant or cosine decay to 0."""
     t = config.train
@@ -130,14 +115,13 @@ def lr_at(epoch: int, config: Config) -> float:
 class Trainer:
     """Everything :func:`fit` needs, built once from the config and the prepared dataset."""
 
-    def __init__(self, config: Config, progress: bool = True, log: Callable[[str], None] = print):
+    def __init__(self, config: Config, progress: bool = True):
         self.config = config
         self.progress = progress
-        self.log = log
         self.data = PreparedData(config.data.data_root)
         self.device = select_device(config.train.device)
         self.out_dir = Path(config.data.outputs_root)
-        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.ckpt_dir = self.out_dir / CHECKPOINT_DIR
         self.log_path = self.out_dir / "logs" / "train_log.csv"
         t = config.train
         self.train_set = DayDataset(self.data, self.data.ids("train"))
@@ -145,9 +129,7 @@ class Trainer:
         if len(self.train_set) == 0:
             raise InputError(f"{self.data.root}: the train split is empty")
         torch.manual_seed(t.seed)
-        self.model = CVAE(
-            self.data.n_channels, len(self.data.static_names), self.data.lr_shape, self.data.hr_shape, config.model
-        ).to(self.device)
+        self.model = build_model(self.data, config.model).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.noise = torch.Generator(device=self.device).manual_seed(t.seed + 1)
         self.autocast_dtype, self.scaler = None, None
@@ -160,20 +142,23 @@ class Trainer:
         d = self.device
         self.statics = torch.from_numpy(self.data.statics)[None].to(d)
         self.threshold_z = torch.from_numpy(self.data.threshold_z(config.loss.extreme_threshold)).to(d)
-        self.mean = torch.from_numpy(self.data.target_mean).to(d)
-        self.std = torch.from_numpy(self.data.target_std).to(d)
+        self.normalization = self.data.normalization
         self.p95_mm = self.data.thresholds_mm["P95"]
         self.weights = LossWeights(
             config.loss.lambda_base, config.loss.lambda_ext, config.loss.lambda_mass, config.loss.free_bits
         )
-        self.beta = 0.0
 
     # -- pieces ------------------------------------------------------------------------------------
-    def loss_fn(self, out: dict, batch: dict) -> dict:
-        return cvae_loss(
-            out, batch["target"], batch["mask"], batch["land"], self.threshold_z, self.mean, self.std,
-            self.data.mean_land_mm_per_day, self.weights, self.beta,
-        )  # fmt: skip
+    def loss_fn(self, beta: float) -> Callable[[dict, dict], dict]:
+        """The loss of a (model output, batch) pair with KL weight ``beta``."""
+
+        def loss(out: dict, batch: dict) -> dict:
+            return cvae_loss(
+                out, batch["target"], batch["mask"], batch["land"], self.threshold_z, self.normalization,
+                self.data.mean_land_mm_per_day, self.weights, beta,
+            )  # fmt: skip
+
+        return loss
 
     def to_device(self, batch: dict) -> dict:
         out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -210,16 +195,16 @@ class Trainer:
         for i, batch in enumerate(loader):
             if i >= n_batches:
                 break
-            self.beta = kl_weight(epoch + i / n_batches, self.config.loss.beta_kl, t.warmup_epochs)
+            beta = kl_weight(epoch + i / n_batches, self.config.loss.beta_kl, t.warmup_epochs)
             last_of_group = (i + 1) % t.accumulate == 0 or i + 1 == n_batches
             try:
                 terms = train_step(
-                    self.model, self.to_device(batch), self.optimizer, self.loss_fn, accumulate=t.accumulate,
+                    self.model, self.to_device(batch), self.optimizer, self.loss_fn(beta), accumulate=t.accumulate,
                     step=last_of_group, grad_clip=t.grad_clip, scaler=self.scaler,
                     autocast_dtype=self.autocast_dtype, generator=self.noise,
                 )  # fmt: skip
             except torch.cuda.OutOfMemoryError:
-                raise InputError(
+                raise RunFailed(
                     f"CUDA out of memory at train.batch_size={t.batch_size}: lower train.batch_size and raise "
                     "train.accumulate to keep the effective batch, set train.amp=true, or lower model.base_filters"
                 ) from None
@@ -237,7 +222,7 @@ class Trainer:
             done += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{sums['total'] / done:.3f}", beta=f"{self.beta:.3f}")
+            bar.set_postfix(loss=f"{sums['total'] / done:.3f}", beta=f"{beta:.3f}")
         bar.close()
         if done == 0:
             raise TrainingDiverged(f"training diverged: no finite loss in epoch {epoch + 1}; lower train.lr")
@@ -247,14 +232,15 @@ class Trainer:
             "train_L_rec": mean["L_rec"],
             "train_L_mass": mean["L_mass"],
             "train_L_kl": mean["L_kl"],
-            "beta": self.beta,
+            "beta": beta,
             "lr": lr,
             "skipped_steps": skipped,
         }
 
     @torch.no_grad()
-    def validate(self, epoch: int) -> dict:
-        """Loss terms (posterior, as in training) and, from prior samples, metrics in mm/day and alarms."""
+    def validate(self, epoch: int, beta: float) -> dict:
+        """Loss terms (posterior, as in training, KL weighted by ``beta``) and, from prior samples, metrics in
+        mm/day and alarms."""
         self.model.eval()
         t = self.config.train
         gen = torch.Generator(device=self.device).manual_seed(t.seed * 7919 + epoch)
@@ -268,22 +254,23 @@ class Trainer:
         )  # fmt: skip
         mus = []
         n_days = 0
+        loss_fn = self.loss_fn(beta)
         for batch in loader:
             b = self.to_device(batch)
             out = self.model(b["inputs"], b["target"], b["statics"], generator=gen)
-            terms = self.loss_fn(out, b)
+            terms = loss_fn(out, b)
             size = b["target"].shape[0]
             n_days += size
             for k, key in (("loss", "total"), ("L_rec", "L_rec"), ("L_mass", "L_mass"), ("L_kl", "L_kl")):
                 acc[k] += float(terms[key]) * size
             mus.append(out["mu"].float().cpu())
-            obs = to_mm_per_day(b["target"], self.mean, self.std)
-            rec = to_mm_per_day(out["recon"].float(), self.mean, self.std)
+            obs = self.normalization.to_mm(b["target"])
+            rec = self.normalization.to_mm(out["recon"].float())
             mask, land = b["mask"], b["land"]
             tail = mask & (obs >= self.p95_mm)
             m["rec_tail_abs"] += float(((rec - obs).abs() * tail).sum())
             samples = self.model.sample(b["inputs"], b["statics"], n_samples=t.val_samples, mode="prior", generator=gen)
-            sim = to_mm_per_day(samples.float(), self.mean, self.std)  # (B, n, 1, H, W)
+            sim = self.normalization.to_mm(samples.float())  # (B, n, 1, H, W)
             for k in range(sim.shape[1]):
                 s = sim[:, k]
                 err = (s - obs) * mask
@@ -395,14 +382,13 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """Train the cVAE as ``config`` says; returns the paths written and the last log row.
 
     Writes ``<outputs_root>/checkpoints/cvae_{last,best,epoch_XXX}.pt``, ``logs/train_log.csv`` and the
     resolved ``config.yaml``. With ``resume``, continues from ``cvae_last.pt``.
     """
-    trainer = Trainer(config, progress=progress, log=log)
+    trainer = Trainer(config, progress=progress)
     t = config.train
     last_path = trainer.ckpt_dir / "cvae_last.pt"
     if last_path.exists() and not (resume or overwrite):
@@ -411,8 +397,7 @@ def fit(
     rows: list[dict] = []
     if resume and last_path.exists():
         state = load_checkpoint(last_path, map_location=trainer.device)
-        if state.get("shapes") != _shapes(trainer):
-            raise InputError(f"{last_path}: made for data/model shapes {state.get('shapes')}, not {_shapes(trainer)}")
+        check_against(state, trainer.data, last_path)
         trainer.model.load_state_dict(state["model_state_dict"])
         trainer.optimizer.load_state_dict(state["optimizer_state_dict"])
         if trainer.scaler is not None and state.get("scaler_state_dict"):
@@ -422,9 +407,9 @@ def fit(
         start_epoch = int(state["epoch"]) + 1
         best, best_epoch, stale = state["best_value"], int(state["best_epoch"]), int(state["stale_epochs"])
         rows = [r for r in read_log(trainer.log_path) if int(r["epoch"]) <= int(state["epoch"]) + 1]
-        log(f"resuming from {last_path} after epoch {start_epoch}")
+        logger.info(f"resuming from {last_path} after epoch {start_epoch}")
     elif resume:
-        log(f"nothing to resume at {last_path}: starting from scratch")
+        logger.info(f"nothing to resume at {last_path}: starting from scratch")
     trainer.out_dir.mkdir(parents=True, exist_ok=True)
     for stale_tmp in trainer.ckpt_dir.glob(".cvae_*.tmp"):  # left by a run killed while saving
         stale_tmp.unlink(missing_ok=True)
@@ -438,7 +423,8 @@ def fit(
     metric = t.select_metric
     for epoch in range(start_epoch, t.epochs):
         started = time.perf_counter()
-        row = {"epoch": epoch + 1, **trainer.run_epoch(epoch), **trainer.validate(epoch)}
+        train_row = trainer.run_epoch(epoch)
+        row = {"epoch": epoch + 1, **train_row, **trainer.validate(epoch, beta=train_row["beta"])}
         row["seconds"] = time.perf_counter() - started
         if metric not in row:
             raise InputError(
@@ -446,7 +432,7 @@ def fit(
             )
         if row["alarms"]:
             for alarm in row["alarms"].split(";"):
-                log(f"WARNING epoch {epoch + 1}: {alarm}")
+                logger.warning(f"epoch {epoch + 1}: {alarm}")
         improved = _better(float(row[metric]), best, metric)
         if improved:
             best, best_epoch, stale = float(row[metric]), epoch + 1, 0
@@ -454,20 +440,26 @@ def fit(
             stale += 1
         rows.append(row)
         write_log(trainer.log_path, rows)  # the log first: a resume drops rows past its checkpoint
-        state = _checkpoint_state(trainer, epoch, best, best_epoch, stale)
+        state = training_state(
+            model=trainer.model, optimizer=trainer.optimizer, scaler=trainer.scaler, epoch=epoch,
+            config=config.to_dict(), data=trainer.data, best_value=best, best_epoch=best_epoch, stale_epochs=stale,
+            select_metric=t.select_metric, noise=trainer.noise,
+        )  # fmt: skip
         save_checkpoint(last_path, state)
         if (epoch + 1) % t.save_every == 0 or epoch + 1 == t.epochs:
             save_checkpoint(trainer.ckpt_dir / f"cvae_epoch_{epoch + 1:03d}.pt", state)
         if improved:
-            save_checkpoint(trainer.ckpt_dir / "cvae_best.pt", state)
-        log(format_row(row, metric))
+            save_checkpoint(trainer.ckpt_dir / BEST_CHECKPOINT, state)
+        logger.info(format_row(row, metric))
         if board is not None:
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, (int, float)):
                     board.add_scalar(key, value, epoch + 1)
             board.flush()
         if t.patience > 0 and stale >= t.patience:
-            log(f"early stop: {metric} has not improved for {stale} epochs (best {best:.4g} at epoch {best_epoch})")
+            logger.info(
+                f"early stop: {metric} has not improved for {stale} epochs (best {best:.4g} at epoch {best_epoch})"
+            )
             break
     return {
         "checkpoints": trainer.ckpt_dir,
@@ -489,58 +481,9 @@ def _tensorboard(trainer: Trainer):
     return SummaryWriter(str(trainer.out_dir / "logs" / "tensorboard"))
 
 
-def _shapes(trainer: Trainer) -> dict:
-    d = trainer.data
-    return {
-        "in_channels": d.n_channels,
-        "lr_shape": list(d.lr_shape),
-        "hr_shape": list(d.hr_shape),
-        "statics": list(d.static_names),
-    }
-
-
-def _checkpoint_state(trainer: Trainer, epoch: int, best, best_epoch: int, stale: int) -> dict:
-    d = trainer.data
-    return {
-        "model_state_dict": trainer.model.state_dict(),
-        "optimizer_state_dict": trainer.optimizer.state_dict(),
-        "scaler_state_dict": trainer.scaler.state_dict() if trainer.scaler is not None else {},
-        "epoch": epoch,
-        "config": trainer.config.to_dict(),
-        "shapes": _shapes(trainer),
-        "normalization": {
-            "target_log1p_mean": torch.from_numpy(d.target_mean),
-            "target_log1p_std": torch.from_numpy(d.target_std),
-            "thresholds_mm_per_day": dict(d.thresholds_mm),
-            "forward": "z = (log1p(pr_mm_per_day) - mean) / std",
-            "data_root": str(d.root),
-        },
-        "best_value": best,
-        "best_epoch": best_epoch,
-        "stale_epochs": stale,
-        "select_metric": trainer.config.train.select_metric,
-        "noise_rng_state": trainer.noise.get_state(),
-        "torch_rng_state": torch.get_rng_state(),
-        "versions": {"precip_cvae": __version__, "torch": str(torch.__version__)},
-    }
-
-
 def format_row(row: dict, metric: str) -> str:
     """One line per epoch for the terminal."""
     keys = ("train_loss", "val_loss", "val_CRPS", "val_twCRPS_P95", "val_MAE_tail", "val_mass_bias", "val_active_units")
     parts = [f"epoch {row['epoch']:>3}"] + [f"{k} {float(row[k]):.4g}" for k in keys]
     parts.append(f"beta {float(row['beta']):.3g}")
     return "  ".join(parts) + f"  [{metric}]"
-
-
-def build_model_from_checkpoint(state: dict, device: str | torch.device = "cpu") -> CVAE:
-    """Rebuild the model a checkpoint was trained as and load its weights."""
-    from precip_cvae.config import ModelConfig
-
-    shapes = state["shapes"]
-    model = CVAE(
-        shapes["in_channels"], len(shapes["statics"]), tuple(shapes["lr_shape"]), tuple(shapes["hr_shape"]),
-        ModelConfig(**state["config"]["model"]),
-    )  # fmt: skip
-    model.load_state_dict(state["model_state_dict"])
-    return model.to(device).eval()

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from precip_cvae.data.normalize import target_to_mm_per_day, threshold_to_normalized
+from precip_cvae.data.normalize import Normalization
+from precip_cvae.data.source import find_oracle
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import read_json
 
@@ -34,11 +35,14 @@ class PreparedData:
     hr_shape (H, W), lr_shape (h, w), n_channels C
     split : {"train": [ids], "val": [...], "test": [...]}; categories : {"000123": "heavy", ...}
     thresholds_mm : {"P95": ..., ...} mm/day; heavy_land_mean : mm/day
-    target_mean, target_std : (H, W) float32 statistics of log1p(mm/day)
+    normalization : the target transform (:class:`~precip_cvae.data.normalize.Normalization`)
     valid_mask : (H, W) bool; land_mask : (H, W) bool, valid land pixels
     statics : (S, H, W) float32, the maps of :data:`STATIC_SCALES` that exist, scaled
     static_names : their names
     mean_land_mm_per_day : mean of the training period's daily land means (the mass loss's scale)
+    variables : [{"name", "units", "mean", "std"}, ...] of the C predictor channels
+    hr_lat, hr_lon : (H, W) degrees or None; lr_lat, lr_lon : (h, w) degrees or None
+    oracle_path : the synthetic benchmark's oracle ensemble this dataset was prepared from, or None
     """
 
     def __init__(self, root: str | Path):
@@ -58,9 +62,7 @@ class PreparedData:
             k: float(thresholds[k]) for k in ("P50", "P90", "P95", "P99", "P99.9", "max") if k in thresholds
         }
         self.heavy_land_mean = float(thresholds["categories"]["heavy_land_mean_mm_per_day"])
-        self.normalization = read_json(meta / "normalization.json")
-        self.target_mean = _load(meta / "target_log1p_mean.npy").astype(np.float32)
-        self.target_std = _load(meta / "target_log1p_std.npy").astype(np.float32)
+        self.normalization = Normalization.load(meta)
         self.dates = read_json(meta / "dates.json")
         statics = root / "statics"
         self.valid_mask = _load(statics / "valid_mask.npy").astype(bool)
@@ -74,13 +76,28 @@ class PreparedData:
                 names.append(name)
         self.statics = np.stack(maps).astype(np.float32)
         self.static_names = names
-        for name, array in (("target_log1p_mean", self.target_mean), ("valid_mask", self.valid_mask)):
+        for name, array in (("target_log1p_mean", self.normalization.mean), ("valid_mask", self.valid_mask)):
             if array.shape != self.hr_shape:
                 raise InputError(f"{root}: {name} has shape {array.shape}, H_W.json says {self.hr_shape}")
         self.land_means = _load(meta / "land_mean_mm_per_day.npy")
         self.land_wet_fraction = _load(meta / "land_wet_fraction.npy")
         period = np.array(self.split["train"] + self.split["val"], dtype=np.int64)
         self.mean_land_mm_per_day = float(max(np.nanmean(self.land_means[period]), 1e-3))
+        self.variables = read_json(meta / "variables.json")["variables"]
+        self.hr_lat, self.hr_lon, self.lr_lat, self.lr_lon = (
+            _load(statics / f"{name}.npy") if (statics / f"{name}.npy").is_file() else None
+            for name in ("lat", "lon", "lr_lat", "lr_lon")
+        )
+        summary = read_json(meta / "summary.json")
+        # datasets prepared before the oracle had a field of its own: the SRDRN directory they came from
+        oracle = (
+            summary["oracle"]
+            if "oracle" in summary
+            else find_oracle(summary["input"])
+            if summary.get("input")
+            else None
+        )
+        self.oracle_path = Path(oracle) if oracle else None
 
     def threshold_z(self, threshold: str | float) -> np.ndarray:
         """Per-pixel normalized equivalent of a threshold: a key of thresholds.json ("P95") or mm/day."""
@@ -93,7 +110,7 @@ class PreparedData:
             mm = self.thresholds_mm[threshold]
         else:
             mm = float(threshold)
-        return threshold_to_normalized(mm, self.target_mean, self.target_std)
+        return self.normalization.threshold_z(mm)
 
     def ids(self, split: str) -> list[int]:
         if split not in self.split:
@@ -113,7 +130,7 @@ class PreparedData:
 
     def target_mm(self, index: int) -> np.ndarray:
         """(H, W) float32 mm/day of day ``index``, NaN outside the valid mask or where missing."""
-        mm = target_to_mm_per_day(self.target(index)[0], self.target_mean, self.target_std)
+        mm = self.normalization.to_mm(self.target(index)[0])
         return np.where(self.valid_mask, mm, np.nan).astype(np.float32)
 
     def date(self, index: int) -> str | None:

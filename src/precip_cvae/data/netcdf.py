@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 from scipy.interpolate import RegularGridInterpolator
 
-from precip_cvae.data.source import DaySource
+from precip_cvae.data.source import DaySource, find_oracle
 from precip_cvae.data.units import precipitation_factor
 from precip_cvae.errors import InputError
 
@@ -453,6 +453,7 @@ def read_netcdf(
         lr_lat=lr_lat,
         lr_lon=lr_lon,
         notes=notes,
+        oracle_path=find_oracle(Path(highres).parent),
     )
     source.clip_report = lambda: [  # type: ignore[attr-defined]
         f"{f.where}: negative values (down to {f.stats['min']:.3g} mm/day) set to 0"

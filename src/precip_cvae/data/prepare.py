@@ -17,13 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from precip_cvae.data.geo import distance_to_coast_km
-from precip_cvae.data.normalize import (
-    PREDICTOR_STD_FLOOR,
-    TARGET_STD_FLOOR,
-    finalize_target_stats,
-    target_to_normalized,
-    threshold_to_normalized,
-)
+from precip_cvae.data.normalize import PREDICTOR_STD_FLOOR, Normalization, finalize_target_stats
 from precip_cvae.data.quantiles import StreamingPercentiles
 from precip_cvae.data.source import DaySource
 from precip_cvae.errors import InputError
@@ -179,10 +173,7 @@ def prepare(source: DaySource, output_dir: str | Path, options: PrepareOptions |
     if percentiles.n == 0:
         raise InputError(f"{source.describe}: the training period has no finite target value")
     land_sea = land_mask if land_mask is not None else valid
-    if source.target_stats is not None:
-        target_mean, target_std = source.target_stats
-    else:
-        target_mean, target_std = finalize_target_stats(count_train, total, total_sq)
+    normalization = Normalization(*(source.target_stats or finalize_target_stats(count_train, total, total_sq)))
     if source.predictor_stats is not None:
         x_mean, x_std = source.predictor_stats
     else:
@@ -225,7 +216,7 @@ def prepare(source: DaySource, output_dir: str | Path, options: PrepareOptions |
                 z = source.read_target_normalized(start, stop).astype(np.float32, copy=True)
                 z[~np.isfinite(target)] = np.nan
             else:
-                z = target_to_normalized(target, target_mean, target_std)
+                z = normalization.to_z(target)
             x = ((source.read_predictors(start, stop) - x_mean[:, None, None]) / x_std[:, None, None]).astype(
                 np.float32
             )
@@ -245,7 +236,7 @@ def prepare(source: DaySource, output_dir: str | Path, options: PrepareOptions |
             heavy_threshold=heavy_threshold,
             wet_share=wet_count / percentiles.n,
             n_values=percentiles.n,
-            target_stats=(target_mean, target_std),
+            normalization=normalization,
             predictor_stats=(x_mean, x_std),
             valid=valid,
             count_any=count_any,
@@ -259,7 +250,7 @@ def prepare(source: DaySource, output_dir: str | Path, options: PrepareOptions |
 def _write_metadata(root: Path, source: DaySource, options: PrepareOptions, **s) -> dict:
     H, W = source.hr_shape
     meta, statics = root / "metadata", root / "statics"
-    target_mean, target_std = s["target_stats"]
+    normalization: Normalization = s["normalization"]
     x_mean, x_std = s["predictor_stats"]
     valid, count_any, land_sea = s["valid"], s["count_any"], s["land_sea"]
     n_days = source.n_days
@@ -282,24 +273,18 @@ def _write_metadata(root: Path, source: DaySource, options: PrepareOptions, **s)
             save_npy(statics / f"{name}.npy", np.asarray(grid, np.float64))
 
     # normalization
-    save_npy(meta / "target_log1p_mean.npy", target_mean)
-    save_npy(meta / "target_log1p_std.npy", target_std)
+    target_info = normalization.save(meta)
     normalized_files = {}
     for key in NORMALIZED_THRESHOLDS:
         name = f"threshold_{key}_normalized.npy"
-        save_npy(meta / name, threshold_to_normalized(s["thresholds_mm"][key], target_mean, target_std))
+        save_npy(meta / name, normalization.threshold_z(s["thresholds_mm"][key]))
         normalized_files[key] = name
     period_days = int((~source.is_test).sum())
     write_json(
         meta / "normalization.json",
         {
             "target": {
-                "units": "mm/day",
-                "forward": "z = (log1p(pr_mm_per_day) - mean) / std, per pixel",
-                "inverse": "pr_mm_per_day = max(expm1(z * std + mean), 0)",
-                "mean_file": "target_log1p_mean.npy",
-                "std_file": "target_log1p_std.npy",
-                "std_floor": TARGET_STD_FLOOR,
+                **target_info,
                 "missing": "NaN in Y_hr marks a missing observation; it never counts in losses or metrics",
                 "computed_over": "given by the SRDRN directory (ERA5_mean_train.npy, ERA5_std_train.npy)"
                 if source.read_target_normalized is not None
@@ -388,6 +373,7 @@ def _write_metadata(root: Path, source: DaySource, options: PrepareOptions, **s)
     )
     summary = {
         "input": source.describe,
+        "oracle": source.oracle_path,
         "days": n_days,
         "splits": per_split,
         "thresholds_mm_per_day": {k: float(v) for k, v in s["thresholds_mm"].items()},

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+#: Where the synthetic benchmark keeps its oracle ensemble, relative to the benchmark's directory.
+ORACLE_FILE = Path("oracle") / "oracle_test.npy"
+
+
+def find_oracle(folder: str | Path) -> str | None:
+    """The absolute path of the oracle ensemble of the benchmark written in ``folder``, if there is one."""
+    path = Path(folder) / ORACLE_FILE
+    return str(path.resolve()) if path.is_file() else None
 
 
 @dataclass
@@ -31,6 +41,7 @@ class DaySource:
     land_mask : (H, W) bool or None; elevation_m : (H, W) or None; valid_hint : (H, W) bool or None
     hr_lat, hr_lon : (H, W) float64 degrees or None; lr_lat, lr_lon : (h, w) or None
     notes : lines for the summary (regridding, unit conversions, clipping)
+    oracle_path : the synthetic benchmark's oracle ensemble of the test days (absolute), or None
     describe : the input files or directory, for error messages and metadata
     """
 
@@ -55,3 +66,4 @@ class DaySource:
     lr_lat: np.ndarray | None = None
     lr_lon: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    oracle_path: str | None = None

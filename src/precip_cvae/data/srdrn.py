@@ -1,4 +1,5 @@
-"""Read a directory written by SRDRN's preprocessing, memory-mapped (never all days at once)."""
+"""SRDRN's file layout, in one place: read a directory written by SRDRN's preprocessing, memory-mapped (never all
+days at once); the names the synthetic benchmark writes and `augment` exports."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from precip_cvae.data.normalize import target_to_mm_per_day
-from precip_cvae.data.source import DaySource
+from precip_cvae.data.source import DaySource, find_oracle
 from precip_cvae.errors import InputError
 
 PREDICTORS_TRAIN = "predictors_train_mean_std_separate.npy"
@@ -16,6 +17,20 @@ OBS_TRAIN = "obs_train_mean_std_single.npy"
 OBS_TEST = "obs_test_mean_std_single.npy"
 TARGET_MEAN = "ERA5_mean_train.npy"
 TARGET_STD = "ERA5_std_train.npy"
+LAND_MASK = "land_mask.npy"
+ELEVATION = "elevation.npy"
+HR_LAT, HR_LON = "high_res_lat.npy", "high_res_lon.npy"
+LR_LAT, LR_LON = "low_res_lat.npy", "low_res_lon.npy"
+VARIABLES = "variables.npy"
+DATES_TRAIN, DATES_TEST = "dates_train.npy", "dates_test.npy"
+#: What `augment` writes: the training arrays with synthetic rows appended.
+AUGMENTED_PREDICTORS = "predictors_train_augmented.npy"
+AUGMENTED_OBS = "obs_train_augmented.npy"
+
+
+def period_files(period: str) -> tuple[str, str]:
+    """(predictors, obs) file names of the ``"train"`` or ``"test"`` period."""
+    return {"train": (PREDICTORS_TRAIN, OBS_TRAIN), "test": (PREDICTORS_TEST, OBS_TEST)}[period]
 
 
 def _load(path: Path, ndim: int | None = None, mmap: bool = True) -> np.ndarray:
@@ -97,25 +112,21 @@ def read_srdrn_directory(root: str | Path) -> DaySource:
     if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std <= 0).any():
         raise InputError(f"{root}/{TARGET_STD}: statistics must be finite with std > 0")
 
-    land = _optional(root / "land_mask.npy", hr_shape)
+    land = _optional(root / LAND_MASK, hr_shape)
     land_mask = None if land is None else np.asarray(land) > 0.5
-    elevation = _optional(root / "elevation.npy", hr_shape)
-    hr_lat, hr_lon = _grid(
-        _optional(root / "high_res_lat.npy"), _optional(root / "high_res_lon.npy"), hr_shape, "high_res", root
-    )
-    lr_lat, lr_lon = _grid(
-        _optional(root / "low_res_lat.npy"), _optional(root / "low_res_lon.npy"), (h, w), "low_res", root
-    )
-    names = _optional(root / "variables.npy")
+    elevation = _optional(root / ELEVATION, hr_shape)
+    hr_lat, hr_lon = _grid(_optional(root / HR_LAT), _optional(root / HR_LON), hr_shape, "high_res", root)
+    lr_lat, lr_lon = _grid(_optional(root / LR_LAT), _optional(root / LR_LON), (h, w), "low_res", root)
+    names = _optional(root / VARIABLES)
     if names is None:
         variables = [f"channel_{c}" for c in range(n_channels)]
     elif names.shape != (n_channels,):
-        raise InputError(f"{root}/variables.npy: {names.shape[0] if names.ndim else 0} names for {n_channels} channels")
+        raise InputError(f"{root}/{VARIABLES}: {names.shape[0] if names.ndim else 0} names for {n_channels} channels")
     else:
         variables = [str(v) for v in names]
 
     dates = None
-    d_train, d_test = _optional(root / "dates_train.npy", (n_train,)), _optional(root / "dates_test.npy", (n_test,))
+    d_train, d_test = _optional(root / DATES_TRAIN, (n_train,)), _optional(root / DATES_TEST, (n_test,))
     if d_train is not None and d_test is not None:
         dates = np.concatenate([d_train, d_test]).astype("datetime64[D]")
 
@@ -162,7 +173,7 @@ def read_srdrn_directory(root: str | Path) -> DaySource:
         read_target_normalized=read_target_normalized,
         hr_shape=hr_shape,
         lr_shape=(int(h), int(w)),
-        describe=str(root.resolve()),  # absolute: evaluate finds the benchmark's oracle through it
+        describe=str(root.resolve()),
         target_stats=(mean, std),
         predictor_stats=(np.zeros(n_channels, np.float32), np.ones(n_channels, np.float32)),
         land_mask=land_mask,
@@ -172,4 +183,5 @@ def read_srdrn_directory(root: str | Path) -> DaySource:
         lr_lat=lr_lat,
         lr_lon=lr_lon,
         notes=notes,
+        oracle_path=find_oracle(root),
     )

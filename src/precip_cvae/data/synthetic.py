@@ -41,7 +41,9 @@ from scipy import fft as sfft
 from scipy import ndimage, special
 from tqdm import tqdm
 
+from precip_cvae.data import srdrn
 from precip_cvae.data.normalize import PREDICTOR_STD_FLOOR, finalize_target_stats, target_to_normalized
+from precip_cvae.data.source import ORACLE_FILE
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import save_npy, staged_directory, write_json, write_text
 
@@ -632,7 +634,7 @@ def _metadata(bench: SyntheticBenchmark, fmt: str) -> dict:
         "heavy_day_criterion": (
             f"land-mean precipitation > {HEAVY_FACTOR:g} x the 90th percentile of daily land means"
         ),
-        "oracle": {"path": "oracle/oracle_test.npy", "members": int(bench.options.oracle_members)},
+        "oracle": {"path": ORACLE_FILE.as_posix(), "members": int(bench.options.oracle_members)},
         "description": _DESCRIPTION,
     }
 
@@ -667,11 +669,11 @@ def write_oracle(bench: SyntheticBenchmark, out_dir: Path, chunk_days: int = 32,
 
     Test day j is global day ``n_train + j``. Written in chunks of days through a memory map.
     """
-    folder = Path(out_dir) / "oracle"
+    path = Path(out_dir) / ORACLE_FILE
+    folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     K = int(bench.options.oracle_members)
     H, W = bench.land_mask.shape
-    path = folder / "oracle_test.npy"
     _create_npy(path, (bench.n_test, K, H, W))
     for b0, b1 in _chunks(bench.n_train, bench.n_days, chunk_days, progress, "oracle"):
         _write_rows(path, b0 - bench.n_train, bench.oracle(b0, b1))
@@ -718,8 +720,7 @@ def write_srdrn(bench: SyntheticBenchmark, out_dir: Path, chunk_days: int = 128,
     y_mean, y_std = finalize_target_stats(count, total, total_sq)
 
     for name, lo, hi in (("train", 0, bench.n_train), ("test", bench.n_train, bench.n_days)):
-        x_path = out_dir / f"predictors_{name}_mean_std_separate.npy"
-        y_path = out_dir / f"obs_{name}_mean_std_single.npy"
+        x_path, y_path = (out_dir / f for f in srdrn.period_files(name))
         _create_npy(x_path, (hi - lo, h, w, C))
         _create_npy(y_path, (hi - lo, H, W))
         for b0, b1 in _chunks(lo, hi, chunk_days, progress, f"{name} arrays"):
@@ -728,17 +729,17 @@ def write_srdrn(bench: SyntheticBenchmark, out_dir: Path, chunk_days: int = 128,
             z = target_to_normalized(bench.target(b0, b1), y_mean, y_std)
             _write_rows(y_path, b0 - lo, np.nan_to_num(z, nan=0.0))  # sea: z = 0 (mean 0, std 1 there)
 
-    save_npy(out_dir / "ERA5_mean_train.npy", y_mean.astype(np.float32))
-    save_npy(out_dir / "ERA5_std_train.npy", y_std.astype(np.float32))
-    save_npy(out_dir / "land_mask.npy", bench.land_mask.astype(np.uint8))
-    save_npy(out_dir / "elevation.npy", bench.elevation_m.astype(np.float32))
-    save_npy(out_dir / "high_res_lat.npy", bench.hr_lat)
-    save_npy(out_dir / "high_res_lon.npy", bench.hr_lon)
-    save_npy(out_dir / "low_res_lat.npy", bench.lr_lat)
-    save_npy(out_dir / "low_res_lon.npy", bench.lr_lon)
-    save_npy(out_dir / "variables.npy", np.array(bench.variables, dtype=str))
-    save_npy(out_dir / "dates_train.npy", bench.dates[: bench.n_train])
-    save_npy(out_dir / "dates_test.npy", bench.dates[bench.n_train :])
+    save_npy(out_dir / srdrn.TARGET_MEAN, y_mean.astype(np.float32))
+    save_npy(out_dir / srdrn.TARGET_STD, y_std.astype(np.float32))
+    save_npy(out_dir / srdrn.LAND_MASK, bench.land_mask.astype(np.uint8))
+    save_npy(out_dir / srdrn.ELEVATION, bench.elevation_m.astype(np.float32))
+    save_npy(out_dir / srdrn.HR_LAT, bench.hr_lat)
+    save_npy(out_dir / srdrn.HR_LON, bench.hr_lon)
+    save_npy(out_dir / srdrn.LR_LAT, bench.lr_lat)
+    save_npy(out_dir / srdrn.LR_LON, bench.lr_lon)
+    save_npy(out_dir / srdrn.VARIABLES, np.array(bench.variables, dtype=str))
+    save_npy(out_dir / srdrn.DATES_TRAIN, bench.dates[: bench.n_train])
+    save_npy(out_dir / srdrn.DATES_TEST, bench.dates[bench.n_train :])
     write_json(out_dir / "synthetic_benchmark.json", _metadata(bench, "srdrn"))
     write_oracle(bench, out_dir, progress=progress)
 

@@ -31,15 +31,14 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
-from precip_cvae.augment import accepted_samples
 from precip_cvae.data.dataset import PreparedData
-from precip_cvae.data.normalize import target_to_mm_per_day
+from precip_cvae.data.sample_store import SampleStore
 from precip_cvae.downstream import ARMS
 from precip_cvae.downstream.losses import crps_from_quantiles, density_weights, pinball, weighted_mae
 from precip_cvae.downstream.srdrn import SRDRN
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import write_json
-from precip_cvae.losses import LOG1P_MAX
+from precip_cvae.generator import select_device
 from precip_cvae.metrics import LogHistogram, contingency, csi, sedi
 
 PRECIP_CHANNELS = ("pr", "pr_coarse", "tp", "rr", "prate", "precip", "precipitation", "prcp", "tprate")
@@ -94,12 +93,9 @@ def coarse_precipitation(field_mm: np.ndarray, data: PreparedData) -> tuple[np.n
     """
     H, W = data.hr_shape
     h, w = data.lr_shape
-    lat, lon = data.root / "statics" / "lat.npy", data.root / "statics" / "lr_lat.npy"
-    if lat.is_file() and lon.is_file():
-        hr_lat, hr_lon = np.load(data.root / "statics" / "lat.npy"), np.load(data.root / "statics" / "lon.npy")
-        lr_lat, lr_lon = np.load(data.root / "statics" / "lr_lat.npy"), np.load(data.root / "statics" / "lr_lon.npy")
-        rows = _cell_index(hr_lat[:, 0], lr_lat[:, 0])
-        cols = _cell_index(hr_lon[0, :], lr_lon[0, :])
+    if data.hr_lat is not None and data.lr_lat is not None:
+        rows = _cell_index(data.hr_lat[:, 0], data.lr_lat[:, 0])
+        cols = _cell_index(data.hr_lon[0, :], data.lr_lon[0, :])
     else:
         rows = np.minimum((np.arange(H) + 0.5) * h / H, h - 1e-9).astype(int)
         cols = np.minimum((np.arange(W) + 0.5) * w / W, w - 1e-9).astype(int)
@@ -126,10 +122,11 @@ def _cell_index(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
 class Examples:
     """Loads rows as tensors: (inputs (C, h, w), target (1, H, W) normalized, 0 where missing, mask (1, H, W))."""
 
-    def __init__(self, data: PreparedData, synth_dir: Path | None):
-        self.data, self.synth_dir = data, synth_dir
-        variables = json.loads((data.root / "metadata" / "variables.json").read_text())["variables"]
-        self.precip_channel = next((i for i, v in enumerate(variables) if v["name"].lower() in PRECIP_CHANNELS), None)
+    def __init__(self, data: PreparedData, store: SampleStore | None):
+        self.data, self.store = data, store
+        self.precip_channel = next(
+            (i for i, v in enumerate(data.variables) if v["name"].lower() in PRECIP_CHANNELS), None
+        )
         self.valid = torch.from_numpy(data.valid_mask)[None]
         if self.precip_channel is not None:
             self.alpha, self.beta = self._calibrate()
@@ -152,11 +149,10 @@ class Examples:
         if not row.synthetic:
             inputs, target = self.data.inputs(row.day), self.data.target(row.day)
         else:
-            stem = self.synth_dir / f"day_{row.day:06d}_sample_{row.sample:02d}"
-            inputs, target = np.load(f"{stem}.X_lr_ref.npy"), np.load(f"{stem}.Y_hr_syn.npy")
+            inputs, target = self.store.load(row.day, row.sample)
             if row.newx:
                 inputs = inputs.copy()
-                mm = target_to_mm_per_day(target[0], self.data.target_mean, self.data.target_std)
+                mm = self.data.normalization.to_mm(target[0])
                 mm = np.where(self.data.valid_mask, mm, np.nan)
                 coarse, covered = coarse_precipitation(mm, self.data)
                 channel = inputs[self.precip_channel]
@@ -184,8 +180,8 @@ def plan_arms(data: PreparedData, options: ExperimentOptions, examples: Examples
     real = [Row(d) for d in data.ids("train")]
     heavy = np.array([data.is_heavy(r.day) for r in real])
     synth: list[Row] = []
-    if options.synth_dir and Path(options.synth_dir, "manifest.json").is_file():
-        accepted = accepted_samples(options.synth_dir)
+    if examples.store is not None and examples.store.exists():
+        accepted = examples.store.accepted()
         train = set(data.ids("train"))
         synth = [Row(d, k) for d in sorted(accepted) if d in train for k in accepted[d][: options.per_day]]
     n_real, n_syn = len(real), len(synth)
@@ -238,7 +234,6 @@ def train_run(plan: ArmPlan, examples: Examples, data: PreparedData, options: Ex
     draws = torch.Generator().manual_seed(seed)
     probabilities = torch.from_numpy(plan.probabilities)
     statics = torch.from_numpy(data.statics)[None].to(device)
-    mean, std = torch.from_numpy(data.target_mean).to(device), torch.from_numpy(data.target_std).to(device)
     for _ in tqdm(range(options.steps), desc=f"{plan.name} seed {seed}", leave=False, disable=not progress):
         picks = torch.multinomial(probabilities, options.batch_size, replacement=True, generator=draws).tolist()
         loaded = [examples.load(plan.rows[i]) for i in picks]
@@ -248,7 +243,7 @@ def train_run(plan: ArmPlan, examples: Examples, data: PreparedData, options: Ex
         if plan.quantile:
             loss = pinball(pred, target, mask, options.quantiles, weights=weights)
         else:
-            loss = weighted_mae(pred, target, mask, mean, std, weights=weights)
+            loss = weighted_mae(pred, target, mask, data.normalization, weights=weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -311,10 +306,9 @@ def score_run(model: SRDRN, plan: ArmPlan, data: PreparedData, options: Experime
         batch = days[start : start + 32]
         inputs = torch.from_numpy(np.stack([data.inputs(d) for d in batch])).to(device)
         out = model(inputs, statics).float().cpu().numpy()
-        # An extrapolating network can ask for exp(40): cap at the loss's ceiling (about 3000 mm/day) so that one
-        # absurd pixel costs what it should, not infinity.
-        out = np.minimum(out, (LOG1P_MAX - data.target_mean) / data.target_std)
-        mm = target_to_mm_per_day(out, data.target_mean, data.target_std)
+        # An extrapolating network can ask for exp(40): the transform's cap (about 3000 mm/day) makes one absurd
+        # pixel cost what it should, not infinity.
+        mm = data.normalization.to_mm(out)
         for b, day in enumerate(batch):
             obs = data.target_mm(day)
             mask = data.valid_mask & np.isfinite(obs)
@@ -402,14 +396,12 @@ def run_experiment(
     config, options: ExperimentOptions, out_dir: str | Path | None = None, progress: bool = True
 ) -> dict:
     """Run every (arm, seed) not yet done, then write experiment.json, experiment.md and figures into out_dir."""
-    from precip_cvae.train import select_device
-
     data = PreparedData(config.data.data_root)
     out_dir = Path(out_dir) if out_dir else Path(config.data.outputs_root) / "experiment"
     synth_dir = options.synth_dir or str(Path(config.data.outputs_root) / "synth")
     options = ExperimentOptions(**{**asdict(options), "synth_dir": synth_dir})
     device = select_device(options.device)
-    examples = Examples(data, Path(synth_dir))
+    examples = Examples(data, SampleStore(synth_dir))
     plans = plan_arms(data, options, examples)
     runs_dir = out_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)

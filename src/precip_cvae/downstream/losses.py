@@ -9,13 +9,14 @@ pixels ``sum_b weights_b * n_valid_b``, so uniform weights give the unweighted m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 from scipy.stats import gaussian_kde
+
+from precip_cvae.data.normalize import Normalization
 
 __all__ = [
     "crps_from_quantiles",
@@ -26,9 +27,6 @@ __all__ = [
     "quantile_weights",
     "weighted_mae",
 ]
-
-#: Largest log1p(mm/day) let through to expm1 (about 3000 mm/day), so that odd targets cannot overflow.
-LOG1P_MAX = math.log1p(3000.0)
 
 
 def _pixel_weights(mask: torch.Tensor, weights: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -75,8 +73,7 @@ def mae(
 
 def intensity_weights(
     target: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    normalization: Normalization,
     w_min: float = 1.0,
     w_max: float = 10.0,
     scale_mm: float = 10.0,
@@ -86,15 +83,13 @@ def intensity_weights(
     Parameters
     ----------
     target : (B, 1, H, W) normalized observation
-    mean, std : (H, W) per-pixel mean and standard deviation of log1p(mm/day)
+    normalization : the target transform
 
     Returns
     -------
     (B, 1, H, W), no gradient
     """
-    mean = torch.as_tensor(mean, dtype=target.dtype, device=target.device)
-    std = torch.as_tensor(std, dtype=target.dtype, device=target.device)
-    pr_mm = torch.expm1((target.detach() * std + mean).clamp(max=LOG1P_MAX)).clamp_min(0.0)
+    pr_mm = normalization.to_mm(target.detach())
     return (pr_mm / scale_mm).clamp(w_min, w_max)
 
 
@@ -102,8 +97,7 @@ def weighted_mae(
     pred: torch.Tensor,
     target: torch.Tensor,
     mask: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    normalization: Normalization,
     weights: torch.Tensor | None = None,
     w_min: float = 1.0,
     w_max: float = 10.0,
@@ -121,7 +115,7 @@ def weighted_mae(
     ----------
     pred, target : (B, 1, H, W) normalized
     mask : (B, 1, H, W) bool
-    mean, std : (H, W) per-pixel statistics of log1p(mm/day)
+    normalization : the target transform
     weights : (B,) per-sample weights, or None
     w_min, w_max : bounds on the intensity weight (unitless)
     scale_mm : mm/day per unit of weight
@@ -131,7 +125,7 @@ def weighted_mae(
     scalar tensor
     """
     target = _clean_target(target, mask)
-    w_int = intensity_weights(target, mean, std, w_min, w_max, scale_mm)
+    w_int = intensity_weights(target, normalization, w_min, w_max, scale_mm)
     return _weighted_mean(w_int * (pred - target).abs(), _pixel_weights(mask, weights, pred))
 
 

@@ -1,0 +1,112 @@
+"""A trained generator, ready to draw: device choice, the model rebuilt from a checkpoint checked against the
+dataset it will draw for, and K samples per day in mm/day. `sample`, `evaluate` and `train` use it; it imports no
+stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from precip_cvae.checkpoint import check_against, load_checkpoint
+from precip_cvae.config import ModelConfig
+from precip_cvae.data.dataset import PreparedData
+from precip_cvae.errors import InputError
+from precip_cvae.model import CVAE
+
+#: Where `train` writes checkpoints, under ``outputs_root``, and the one `sample`/`evaluate` use by default.
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "cvae_best.pt"
+
+
+def select_device(name: str) -> torch.device:
+    """ "auto" → cuda, then mps, then cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"config key train.device: {name!r} is not a device (auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"config key train.device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def build_model(data: PreparedData, config: ModelConfig) -> CVAE:
+    """A fresh cVAE for ``data``'s channels, grids and static maps."""
+    return CVAE(data.n_channels, len(data.static_names), data.lr_shape, data.hr_shape, config)
+
+
+def build_model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu") -> CVAE:
+    """Rebuild the model a checkpoint was trained as and load its weights (in eval mode)."""
+    shapes = state["shapes"]
+    model = CVAE(
+        shapes["in_channels"], len(shapes["statics"]), tuple(shapes["lr_shape"]), tuple(shapes["hr_shape"]),
+        ModelConfig(**state["config"]["model"]),
+    )  # fmt: skip
+    model.load_state_dict(state["model_state_dict"])
+    return model.to(device).eval()
+
+
+class Generator:
+    """A trained cVAE bound to the prepared dataset it draws for.
+
+    Parameters
+    ----------
+    data : the prepared dataset
+    checkpoint : the checkpoint file
+    device : where to run
+    """
+
+    def __init__(self, data: PreparedData, checkpoint: str | Path, device: torch.device):
+        self.data, self.path, self.device = data, Path(checkpoint), device
+        self.state = load_checkpoint(self.path, map_location="cpu")
+        check_against(self.state, data, self.path)
+        self.model = build_model_from_checkpoint(self.state, device)
+        self.statics = torch.from_numpy(data.statics)[None].to(device)
+
+    @classmethod
+    def from_outputs(
+        cls, data: PreparedData, outputs_root: str | Path, checkpoint: str | Path | None, device: torch.device
+    ) -> Generator:
+        """``checkpoint``, or by default ``<outputs_root>/checkpoints/cvae_best.pt``."""
+        path = Path(checkpoint) if checkpoint else Path(outputs_root) / CHECKPOINT_DIR / BEST_CHECKPOINT
+        return cls(data, path, device)
+
+    @property
+    def epoch(self) -> int:
+        """The 1-based epoch the checkpoint was saved after."""
+        return int(self.state["epoch"]) + 1
+
+    def rng(self, seed: int) -> torch.Generator:
+        """A noise generator on this device, seeded."""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    @torch.no_grad()
+    def draw(
+        self, days: list[int], K: int, mode: str, temperature: float, rng: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """K samples for each of ``days``.
+
+        Returns
+        -------
+        inputs : (B, C, h, w) normalized predictors of the days
+        z : (B, K, H, W) normalized samples, NaN outside the valid mask
+        mm : (B, K, H, W) the same in mm/day
+        """
+        data = self.data
+        inputs = np.stack([data.inputs(i) for i in days])
+        targets = np.stack([data.target(i) for i in days])
+        z = self.model.sample(
+            torch.from_numpy(inputs).to(self.device), self.statics, n_samples=K, temperature=temperature, mode=mode,
+            target=torch.from_numpy(np.nan_to_num(targets, nan=0.0)).to(self.device), generator=rng,
+        )  # fmt: skip
+        z = z.float().cpu().numpy()[:, :, 0]
+        z[:, :, ~data.valid_mask] = np.nan
+        return inputs, z, data.normalization.to_mm(z)
