@@ -63,3 +63,31 @@ def test_print_config_and_cli_error(capsys, tmp_path):
     assert main(["train", "train.epochz=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.epochz" in err[0]
+
+
+def test_every_stage_has_a_section_validated_before_work(tmp_path):
+    config = load_config(None, ["gate.min_variability=0.1", "evaluate.baselines=analog,oracle", "experiment.arms=[quantile]",
+                                "experiment.oversample_share=0.4", "evaluate.oracle=o.npy"])  # fmt: skip
+    assert config.gate.min_variability == 0.1 and config.evaluate.baselines == ("analog", "oracle")
+    assert config.experiment.arms == ("quantile",) and config.experiment.oversample_share == 0.4
+    assert config.evaluate.oracle == "o.npy"
+    for override, key in [("train.select_metric=val_nope", "train.select_metric"), ("evaluate.K=1", "evaluate.K"),
+                          ("evaluate.baselines=analog,persistence", "evaluate.baselines"),
+                          ("experiment.arms=baseline,magic", "experiment.arms"), ("gate.peak_factor=0", "gate.peak_factor"),
+                          ("experiment.quantiles=[0.5,1.5]", "experiment.quantiles")]:  # fmt: skip
+        with pytest.raises(InputError, match=key.replace(".", r"\.")):
+            load_config(None, [override])
+
+
+def test_min_threshold_is_the_references_name_of_the_gates_mass_ratio():
+    assert load_config(None).gate_config().min_mass_ratio == 0.1
+    assert load_config(None, ["gate.min_mass_ratio=0.3"]).gate_config().min_mass_ratio == 0.3
+    assert load_config(None, ["sampling.min_threshold=0.2"]).gate_config().min_mass_ratio == 0.2
+
+
+def test_command_flags_are_config_overrides(capsys):
+    # a flag left out keeps the config's value; a flag given is validated as the config key it stands for
+    assert main(["evaluate", "--K", "1", "--quiet"]) == 2
+    assert "evaluate.K" in capsys.readouterr().err
+    assert main(["experiment", "--arms", "baseline,magic", "--quiet"]) == 2
+    assert "experiment.arms: unknown magic" in capsys.readouterr().err

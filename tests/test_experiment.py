@@ -93,7 +93,7 @@ def test_planted_case_oversampling_beats_the_baseline_on_extremes(tmp_path):
     prepare(source, tmp_path, PrepareOptions(progress=False))
     config = load_config(None, [f"data.data_root={tmp_path / 'data'}", f"data.outputs_root={tmp_path / 'out'}"])
     options = ExperimentOptions(arms=("baseline", "oversample"), seeds=3, steps=150, batch_size=8, filters=8,
-                                n_blocks=2, oversample_share=0.5, device="cpu")  # fmt: skip
+                                n_blocks=2, oversample_share=0.5)  # fmt: skip
     report = run_experiment(config, options, progress=False)
     diff = report["summary"]["oversample"]["all"]["MAE_tail"]["minus_baseline"]
     assert diff["mean"] < 0 and diff["high"] < 0, diff

@@ -69,6 +69,10 @@ def test_fit_writes_checkpoints_and_log_and_they_round_trip(prepared, tmp_path):
                    "val_RMSE_all", "val_mass_bias", "beta", "lr", "seconds", "val_active_units",
                    "val_sample_spread_mm", "val_wet_fraction_samples", "val_wet_fraction_obs"):  # fmt: skip
         assert column in rows[0] and rows[-1][column] != ""
+    # val_MAE_all is the MAE of the samples' pixelwise median, as in metrics.json: with 2 samples the median is their
+    # mean, so by the triangle inequality it is at most the mean MAE of one sample (val_MAE_member)
+    for row in rows:
+        assert float(row["val_MAE_all"]) <= float(row["val_MAE_member"]) + 1e-6
     assert float(rows[0]["beta"]) < float(rows[1]["beta"]) == pytest.approx(0.5)  # KL warm-up over 1 epoch
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert result["last_row"]["epoch"] == 2

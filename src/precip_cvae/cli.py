@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from precip_cvae import __version__
-from precip_cvae.downstream import ARMS
+from precip_cvae.config import ARMS
 from precip_cvae.errors import InputError, RunFailed
 
 
@@ -50,6 +50,32 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
         root.addHandler(handler)
     root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+
+
+def _load_config(args: argparse.Namespace, flags: dict[str, str] | None = None):
+    """The config of a command: defaults <- --config <- key=value overrides <- the command's own flags.
+
+    ``flags`` maps option names (as in ``args``) to config keys; an option left out (None) keeps the config's value,
+    so every default lives in the config schema and every value is validated there before work starts.
+    """
+    from precip_cvae.config import load_config
+
+    overrides = list(getattr(args, "overrides", None) or [])
+    for name, key in (flags or {}).items():
+        value = getattr(args, name)
+        if value is not None:
+            overrides.append(f"{key}={_yaml_scalar(value)}")
+    return load_config(args.config, overrides)
+
+
+def _yaml_scalar(value) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        import json
+
+        return json.dumps(value)  # a quoted YAML string: "1e-3", "true" or "a,b" stay strings
+    return str(value)
 
 
 def _positive_int(text: str) -> int:
@@ -270,24 +296,17 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from precip_cvae.config import load_config
-    from precip_cvae.quality import GateConfig
     from precip_cvae.sample import SampleOptions, format_summary, run_sample
 
-    config = load_config(args.config, args.overrides)
+    flags = {name: f"sampling.{name}" for name in ("mode", "K", "days", "temperature", "min_threshold", "seed")}
+    config = _load_config(args, {**flags, "batch_size": "sampling.batch_size"})
     s = config.sampling
     options = SampleOptions(
-        mode=args.mode or s.mode,
-        K=args.K or s.K,
-        days=args.days or s.days,
-        temperature=s.temperature if args.temperature is None else args.temperature,
-        seed=s.seed if args.seed is None else args.seed,
-        batch_size=args.batch_size or s.batch_size,
+        mode=s.mode, K=s.K, days=s.days, temperature=s.temperature, seed=s.seed, batch_size=s.batch_size,
         keep_rejected=args.keep_rejected,
-    )
-    gate = GateConfig(min_mass_ratio=s.min_threshold if args.min_threshold is None else args.min_threshold)
+    )  # fmt: skip
     out = args.out or Path(config.data.outputs_root) / "synth"
-    summary = run_sample(config, options, gate, checkpoint=args.checkpoint, out_dir=out, progress=not args.quiet)
+    summary = run_sample(config, options, checkpoint=args.checkpoint, out_dir=out, progress=not args.quiet)
     print(format_summary(summary, out))
     return 0
 
@@ -341,13 +360,13 @@ def _add_evaluate(sub) -> None:
     )
     _option(p, "--config", type=Path, help="YAML config (as for train)")
     _option(p, "--checkpoint", type=Path, help="default: <outputs_root>/checkpoints/cvae_best.pt")
-    _option(p, "--split", choices=["test", "val", "train"], default="test")
-    _option(p, "--K", type=_positive_int, default=16, help="members per day for every ensemble (16)")
-    _option(p, "--mode", choices=["prior", "posterior"], default="prior", help="prior: from X_lr alone (default)")
-    _option(p, "--temperature", type=float, default=1.0)
-    _option(p, "--seed", type=int, default=0)
-    _option(p, "--baselines", default="analog,climatology,oracle", help="comma-separated subset")
-    _option(p, "--oracle", type=Path, help="oracle_test.npy (found automatically for a synthetic benchmark)")
+    _option(p, "--split", choices=["test", "val", "train"], help="days to score (evaluate.split: test)")
+    _option(p, "--K", type=_positive_int, help="members per day for every ensemble (evaluate.K: 16)")
+    _option(p, "--mode", choices=["prior", "posterior"], help="prior: from X_lr alone (evaluate.mode: prior)")
+    _option(p, "--temperature", type=float, help="(evaluate.temperature: 1.0)")
+    _option(p, "--seed", type=int, help="(evaluate.seed: 0)")
+    _option(p, "--baselines", help="comma-separated subset of analog,climatology,oracle (evaluate.baselines)")
+    _option(p, "--oracle", type=Path, help="oracle_test.npy (default: the one `prepare` recorded for a benchmark)")
     _option(p, "--out", type=Path, help="output directory (default <outputs_root>/evaluation)")
     _verbosity(p)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
@@ -355,20 +374,12 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from precip_cvae.config import load_config
-    from precip_cvae.evaluate import EvaluateOptions, run_evaluate
+    from precip_cvae.evaluate import run_evaluate
     from precip_cvae.report import headline
 
-    config = load_config(args.config, args.overrides)
-    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
-    unknown = set(baselines) - {"analog", "climatology", "oracle"}
-    if unknown:
-        raise InputError(f"--baselines: unknown {', '.join(sorted(unknown))} (analog, climatology, oracle)")
-    options = EvaluateOptions(
-        split=args.split, K=args.K, mode=args.mode, temperature=args.temperature, seed=args.seed,
-        baselines=baselines, oracle_path=str(args.oracle) if args.oracle else None,
-    )  # fmt: skip
-    metrics = run_evaluate(config, options, checkpoint=args.checkpoint, out_dir=args.out, progress=not args.quiet)
+    flags = ("split", "K", "mode", "temperature", "seed", "baselines", "oracle")
+    config = _load_config(args, {name: f"evaluate.{name}" for name in flags})
+    metrics = run_evaluate(config, checkpoint=args.checkpoint, out_dir=args.out, progress=not args.quiet)
     print(headline(metrics))
     print(f"report: {Path(metrics['out_dir']) / 'report.md'}")
     return 0
@@ -384,14 +395,14 @@ def _add_experiment(sub) -> None:
         "kept in <out>/runs and skipped when the command is run again.",
     )
     _option(p, "--config", type=Path, help="YAML config (for data_root and outputs_root)")
-    _option(p, "--arms", default=",".join(ARMS), help="comma-separated arms (default: all)")
-    _option(p, "--seeds", type=_positive_int, default=3, help="seeds per arm (3)")
-    _option(p, "--epochs", type=_positive_int, help="budget in passes over the real training days")
-    _option(p, "--steps", type=_positive_int, default=1500, help="budget in gradient steps (1500), if no --epochs")
-    _option(p, "--batch-size", type=_positive_int, default=16)
-    _option(p, "--filters", type=_positive_int, default=32, help="SRDRN width (32; the paper's is 64)")
-    _option(p, "--blocks", type=_positive_int, default=8, help="SRDRN residual blocks (8; the paper's is 16)")
-    _option(p, "--per-day", type=_positive_int, default=2, help="synthetic samples used per heavy training day (2)")
+    _option(p, "--arms", help=f"comma-separated arms (experiment.arms: all of {','.join(ARMS)})")
+    _option(p, "--seeds", type=_positive_int, help="seeds per arm (experiment.seeds: 3)")
+    _option(p, "--epochs", type=_positive_int, help="budget in passes over the real training days (experiment.epochs)")
+    _option(p, "--steps", type=_positive_int, help="budget in gradient steps if no --epochs (experiment.steps: 1500)")
+    _option(p, "--batch-size", type=_positive_int, help="(experiment.batch_size: 16)")
+    _option(p, "--filters", type=_positive_int, help="SRDRN width (experiment.filters: 32; the paper's is 64)")
+    _option(p, "--blocks", type=_positive_int, help="SRDRN residual blocks (experiment.n_blocks: 8; the paper's: 16)")
+    _option(p, "--per-day", type=_positive_int, help="synthetic samples per heavy training day (experiment.per_day: 2)")
     _option(p, "--source", type=Path, help="samples directory (default <outputs_root>/synth)")
     _option(p, "--out", type=Path, help="output directory (default <outputs_root>/experiment)")
     _verbosity(p)
@@ -400,22 +411,12 @@ def _add_experiment(sub) -> None:
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
-    import math
+    from precip_cvae.downstream.experiment import run_experiment
 
-    from precip_cvae.config import load_config
-    from precip_cvae.data.dataset import PreparedData
-    from precip_cvae.downstream.experiment import ExperimentOptions, run_experiment
-
-    config = load_config(args.config, args.overrides)
-    steps = args.steps
-    if args.epochs:
-        steps = args.epochs * math.ceil(len(PreparedData(config.data.data_root).ids("train")) / args.batch_size)
-    options = ExperimentOptions(
-        arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()), seeds=args.seeds, steps=steps,
-        batch_size=args.batch_size, filters=args.filters, n_blocks=args.blocks, per_day=args.per_day,
-        device=config.train.device, synth_dir=str(args.source) if args.source else None,
-    )  # fmt: skip
-    report = run_experiment(config, options, out_dir=args.out, progress=not args.quiet)
+    flags = {name: f"experiment.{name}" for name in ("arms", "seeds", "epochs", "steps", "batch_size", "filters",
+                                                    "per_day", "source")}  # fmt: skip
+    config = _load_config(args, {**flags, "blocks": "experiment.n_blocks"})
+    report = run_experiment(config, out_dir=args.out, progress=not args.quiet)
     out = args.out or Path(config.data.outputs_root) / "experiment"
     print(report["verdict"])
     print(f"report: {out / 'experiment.md'}")

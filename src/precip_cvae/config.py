@@ -88,17 +88,113 @@ class TrainConfig:
     tensorboard: bool = False
 
 
+#: The columns of ``train_log.csv``; ``train.select_metric`` must be one of them (a ``val_`` one, normally).
+TRAIN_LOG_COLUMNS = (
+    "epoch", "train_loss", "train_L_rec", "train_L_mass", "train_L_kl",
+    "val_loss", "val_L_rec", "val_L_mass", "val_L_kl",
+    "val_MAE_all", "val_MAE_member", "val_MAE_tail", "val_RMSE_all", "val_mass_bias", "val_rec_MAE_tail", "val_CRPS",
+    "val_twCRPS_P95", "val_heavy_twCRPS_P95",
+    "val_active_units", "val_sample_spread_mm", "val_wet_fraction_samples", "val_wet_fraction_obs",
+    "val_spatial_std_ratio", "beta", "lr", "seconds", "skipped_steps", "alarms",
+)  # fmt: skip
+#: Log columns where a larger value is better (for best-checkpoint selection).
+HIGHER_IS_BETTER = ("val_active_units", "val_sample_spread_mm")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Defaults of `precip-cvae sample` (each also a command-line option)."""
+    """Defaults of `precip-cvae sample` (each also a command-line option).
+
+    ``min_threshold`` is the reference's name of the gate's ``min_mass_ratio``: when given it sets it.
+    """
 
     mode: str = "posterior"
     K: int = 2
     temperature: float = 1.0
     days: str = "heavy_only"
-    min_threshold: float = 0.1
+    min_threshold: float | None = None
     seed: int = 0
     batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of the quality gate between generation and export (all relative to the real day or to the observed
+    climatology; checks in mm/day over valid land pixels).
+
+    Attributes
+    ----------
+    min_mass_ratio : reject below this land total / the real day's (the reference's ``--min_threshold``)
+    max_mass_ratio : reject above this ratio
+    wet_margin : the wet-fraction band is the 5-95 % range of training days of the same category, widened
+        by this much on each side
+    peak_factor : reject a peak above this multiple of the largest value observed in the training period
+    copy_correlation, copy_difference : a near copy of the real day has a Pearson correlation at or
+        above ``copy_correlation`` and a mean absolute difference at or below ``copy_difference`` times the
+        real day's land mean
+    min_diversity : reject a sample whose mean absolute difference to an accepted sample of the same day
+        is below this times the real day's land mean
+    min_variability : reject a flat field, whose spatial std over land is below this times the real day's
+    """
+
+    min_mass_ratio: float = 0.1
+    max_mass_ratio: float = 5.0
+    wet_margin: float = 0.10
+    peak_factor: float = 1.5
+    copy_correlation: float = 0.98
+    copy_difference: float = 0.05
+    min_diversity: float = 0.05
+    min_variability: float = 0.3
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Defaults of `precip-cvae evaluate` (each also a command-line option).
+
+    ``baselines``: any of analog, climatology, oracle; ``oracle``: the oracle file (default: the one `prepare`
+    recorded); ``qq_values``: values kept for the Q-Q figure; ``maps``: heaviest days drawn as maps.
+    """
+
+    split: str = "test"
+    K: int = 16
+    mode: str = "prior"
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+    baselines: tuple[str, ...] = ("analog", "climatology", "oracle")
+    oracle: str | None = None
+    qq_values: int = 200_000
+    maps: int = 3
+
+
+#: The downstream experiment's arms, in report order.
+ARMS = ("baseline", "augment", "oversample", "reweight", "quantile", "quantile_augment", "augment_newx")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Defaults of `precip-cvae experiment` (each also a command-line option); every arm shares them.
+
+    The budget is ``steps`` gradient steps of ``batch_size`` days, or ``epochs`` passes over the real training days
+    when > 0. ``filters``/``n_blocks``: SRDRN's width and depth (the paper's: 64 and 16). ``per_day``: synthetic
+    samples used per heavy training day. ``oversample_share``: the heavy share of the ``oversample`` arm's draws (by
+    default that of ``augment``). ``source``: the sample store (default ``<outputs_root>/synth``).
+    """
+
+    arms: tuple[str, ...] = ARMS
+    seeds: int = 3
+    steps: int = 1500
+    epochs: int = 0
+    batch_size: int = 16
+    lr: float = 1e-3
+    filters: int = 32
+    n_blocks: int = 8
+    quantiles: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+    reweight_alpha: float = 1.0
+    per_day: int = 2
+    oversample_share: float | None = None
+    fixed_thresholds_mm: tuple[float, ...] = (10.0, 25.0, 50.0)
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,15 +204,32 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
+
+    def gate_config(self) -> GateConfig:
+        """The gate's thresholds, with ``sampling.min_threshold`` (the reference's name) where given."""
+        if self.sampling.min_threshold is None:
+            return self.gate
+        return dataclasses.replace(self.gate, min_mass_ratio=self.sampling.min_threshold)
 
 
 _CHOICES = {
     "model.prior": ("standard", "conditional"),
     "train.schedule": ("constant", "cosine"),
+    "train.select_metric": tuple(c for c in TRAIN_LOG_COLUMNS if c not in ("epoch", "alarms")),
     "sampling.mode": ("posterior", "prior"),
+    "evaluate.split": ("test", "val", "train"),
+    "evaluate.mode": ("prior", "posterior"),
+}
+#: Keys whose value is a tuple of choices.
+_MEMBER_CHOICES = {
+    "evaluate.baselines": ("analog", "climatology", "oracle"),
+    "experiment.arms": ARMS,
 }
 
 
@@ -124,6 +237,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against the field's type; ints are accepted where floats are expected."""
     hint = annotation
     origin = typing.get_origin(hint)
+    if hint is type(None):
+        if value is None:
+            return None
+        raise InputError(f"config key {key}: expected None, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise InputError(f"config key {key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(hint)[0], key) for v in value)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
             try:
@@ -167,6 +290,12 @@ def _merge(config: Config, updates: dict[str, Any], origin: str) -> Config:
             value = _coerce(value, hints[key], full)
             if full in _CHOICES and value not in _CHOICES[full]:
                 raise InputError(f"{origin}: config key {full} must be one of {_CHOICES[full]}, got {value!r}")
+            unknown = [v for v in value if v not in _MEMBER_CHOICES[full]] if full in _MEMBER_CHOICES else []
+            if unknown:
+                raise InputError(
+                    f"{origin}: config key {full}: unknown {', '.join(map(str, unknown))} "
+                    f"(known: {', '.join(_MEMBER_CHOICES[full])})"
+                )
             changes[key] = value
         sections[section_name] = dataclasses.replace(section, **changes)
     return Config(**sections)
@@ -231,6 +360,33 @@ def validate(config: Config) -> None:
         ("loss.free_bits", config.loss.free_bits >= 0),
         ("sampling.K", config.sampling.K >= 1),
         ("sampling.temperature", config.sampling.temperature > 0),
+        ("sampling.min_threshold", config.sampling.min_threshold is None or config.sampling.min_threshold >= 0),
+        ("sampling.batch_size", config.sampling.batch_size >= 1),
+        ("gate.min_mass_ratio", config.gate.min_mass_ratio >= 0),
+        ("gate.max_mass_ratio", config.gate.max_mass_ratio > config.gate.min_mass_ratio),
+        ("gate.wet_margin", config.gate.wet_margin >= 0),
+        ("gate.peak_factor", config.gate.peak_factor > 0),
+        ("gate.min_diversity", config.gate.min_diversity >= 0),
+        ("gate.min_variability", config.gate.min_variability >= 0),
+        ("evaluate.K", config.evaluate.K >= 2),
+        ("evaluate.temperature", config.evaluate.temperature >= 0),
+        ("evaluate.batch_size", config.evaluate.batch_size >= 1),
+        ("evaluate.qq_values", config.evaluate.qq_values >= 1),
+        ("evaluate.maps", config.evaluate.maps >= 0),
+        ("experiment.arms", len(config.experiment.arms) >= 1),
+        ("experiment.seeds", config.experiment.seeds >= 1),
+        ("experiment.steps", config.experiment.steps >= 1),
+        ("experiment.epochs", config.experiment.epochs >= 0),
+        ("experiment.batch_size", config.experiment.batch_size >= 1),
+        ("experiment.lr", config.experiment.lr > 0),
+        ("experiment.filters", config.experiment.filters >= 1),
+        ("experiment.n_blocks", config.experiment.n_blocks >= 1),
+        ("experiment.quantiles", all(0 < q < 1 for q in config.experiment.quantiles)),
+        ("experiment.per_day", config.experiment.per_day >= 1),
+        (
+            "experiment.oversample_share",
+            config.experiment.oversample_share is None or 0 < config.experiment.oversample_share < 1,
+        ),
     ]
     for key, ok in checks:
         if not ok:

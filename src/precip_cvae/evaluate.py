@@ -8,33 +8,22 @@ memory but the accumulators and a bounded subsample of values for the Q-Q figure
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from precip_cvae.baselines import AnalogEnsemble, ClimatologyEnsemble, OracleEnsemble
-from precip_cvae.config import Config
+from precip_cvae.config import Config, EvaluateConfig
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import staged_directory, write_json
 from precip_cvae.generator import Generator, select_device
 from precip_cvae.metrics import EnsembleScores
 
-
-@dataclass(frozen=True)
-class EvaluateOptions:
-    split: str = "test"
-    K: int = 16
-    mode: str = "prior"
-    temperature: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
-    baselines: tuple[str, ...] = ("analog", "climatology", "oracle")
-    oracle_path: str | None = None
-    qq_values: int = 200_000
-    maps: int = 3
+#: What `evaluate` does: the config's ``evaluate`` section (the name kept for callers of the API).
+EvaluateOptions = EvaluateConfig
 
 
 class _Reservoir:
@@ -106,13 +95,14 @@ class System:
 
 def run_evaluate(
     config: Config,
-    options: EvaluateOptions,
+    options: EvaluateConfig | None = None,
     checkpoint: str | Path | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluate on ``options.split``; write ``metrics.json``, figures and ``report.md`` into ``out_dir``
-    (default ``<outputs_root>/evaluation``). Returns the metrics dict."""
+    (default ``<outputs_root>/evaluation``); ``options`` default to ``config.evaluate``. Returns the metrics dict."""
+    options = options or config.evaluate
     if options.mode not in ("prior", "posterior"):
         raise InputError(f"--mode: must be prior or posterior, got {options.mode!r}")
     data = PreparedData(config.data.data_root)
@@ -129,7 +119,7 @@ def run_evaluate(
         builders["analog"] = AnalogEnsemble(data, pool, options.K)
     if "climatology" in options.baselines:
         builders["climatology"] = ClimatologyEnsemble(data, pool, options.K, seed=options.seed)
-    oracle_path = options.oracle_path or (data.oracle_path if options.split == "test" else None)
+    oracle_path = options.oracle or (data.oracle_path if options.split == "test" else None)
     if "oracle" in options.baselines and oracle_path is not None:
         builders["oracle"] = OracleEnsemble(data, oracle_path)
     systems = {"model": System("model", options.K, thresholds, options.seed, options.qq_values)}

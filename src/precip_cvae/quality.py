@@ -12,36 +12,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from precip_cvae.config import GateConfig
+
 WET_MM_PER_DAY = 0.1
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """Thresholds of the quality gate (all relative to the real day or to the observed climatology).
-
-    Attributes
-    ----------
-    min_mass_ratio : reject below this land total / the real day's (the reference's ``--min_threshold``)
-    max_mass_ratio : reject above this ratio
-    wet_margin : the wet-fraction band is the 5-95 % range of training days of the same category, widened
-        by this much on each side
-    peak_factor : reject a peak above this multiple of the largest value observed in the training period
-    copy_correlation, copy_difference : a near copy of the real day has a Pearson correlation at or
-        above ``copy_correlation`` and a mean absolute difference at or below ``copy_difference`` times the
-        real day's land mean
-    min_diversity : reject a sample whose mean absolute difference to an accepted sample of the same day
-        is below this times the real day's land mean
-    min_variability : reject a flat field, whose spatial std over land is below this times the real day's
-    """
-
-    min_mass_ratio: float = 0.1
-    max_mass_ratio: float = 5.0
-    wet_margin: float = 0.10
-    peak_factor: float = 1.5
-    copy_correlation: float = 0.98
-    copy_difference: float = 0.05
-    min_diversity: float = 0.05
-    min_variability: float = 0.3
 
 
 @dataclass(frozen=True)

@@ -79,15 +79,17 @@ def select_days(data: PreparedData, spec: str) -> list[int]:
 def run_sample(
     config: Config,
     options: SampleOptions,
-    gate: GateConfig,
+    gate: GateConfig | None = None,
     checkpoint: str | Path | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Draw ``options.K`` samples for each selected day, gate them and write the outputs atomically.
 
-    Returns the manifest's summary (counts, reasons, mean spread between samples of a day).
+    ``gate`` defaults to the config's (:meth:`~precip_cvae.config.Config.gate_config`). Returns the manifest's summary
+    (counts, reasons, mean spread between samples of a day).
     """
+    gate = gate or config.gate_config()
     if options.mode not in ("posterior", "prior"):
         raise InputError(f"--mode: must be posterior or prior, got {options.mode!r}")
     if options.K < 1:

@@ -17,27 +17,21 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from precip_cvae.checkpoint import check_against, load_checkpoint, save_checkpoint, training_state
-from precip_cvae.config import Config, dump_config
+from precip_cvae.config import HIGHER_IS_BETTER, TRAIN_LOG_COLUMNS, Config, dump_config
 from precip_cvae.data.dataset import DayDataset, PreparedData
 from precip_cvae.errors import InputError, RunFailed
 from precip_cvae.fileio import write_text
 from precip_cvae.generator import BEST_CHECKPOINT, CHECKPOINT_DIR, build_model, select_device
 from precip_cvae.losses import LossWeights, cvae_loss, kl_weight
-from precip_cvae.metrics import crps_ensemble, twcrps_ensemble
+from precip_cvae.metrics import CRPS, Deterministic, Fields, Intensities, Scores, TwCRPS
 
 logger = logging.getLogger(__name__)
 
 WET_MM_PER_DAY = 0.1
-#: Log columns where a larger value is better (for best-checkpoint selection).
-HIGHER_IS_BETTER = {"val_active_units", "val_sample_spread_mm"}
-LOG_COLUMNS = [
-    "epoch", "train_loss", "train_L_rec", "train_L_mass", "train_L_kl",
-    "val_loss", "val_L_rec", "val_L_mass", "val_L_kl",
-    "val_MAE_all", "val_MAE_tail", "val_RMSE_all", "val_mass_bias", "val_rec_MAE_tail", "val_CRPS",
-    "val_twCRPS_P95", "val_heavy_twCRPS_P95",
-    "val_active_units", "val_sample_spread_mm", "val_wet_fraction_samples", "val_wet_fraction_obs",
-    "val_spatial_std_ratio", "beta", "lr", "seconds", "skipped_steps", "alarms",
-]  # fmt: skip
+#: Scores of the prior samples logged as ``val_<name>``, with the meaning they have in `evaluate`'s metrics.json
+#: (``MAE_all``, ``MAE_tail``, ``RMSE_all``, ``mass_bias``: of the pixelwise median of the samples, over valid pixels;
+#: ``MAE_member``: of one sample).
+VALIDATION_SCORES = ("MAE_all", "MAE_member", "MAE_tail", "RMSE_all", "mass_bias", "CRPS", "twCRPS_P95")
 
 
 class TrainingDiverged(RunFailed):
@@ -248,10 +242,15 @@ class Trainer:
             self.val_set, batch_size=t.batch_size, shuffle=False, num_workers=self.config.data.num_workers
         )
         acc = {k: 0.0 for k in ("loss", "L_rec", "L_mass", "L_kl")}
-        m = dict.fromkeys(
-            ("abs", "sq", "n", "tail_abs", "tail_n", "rec_tail_abs", "bias", "days", "spread", "spread_n",
-             "wet_s", "wet_o", "std_s", "std_o", "crps", "twcrps", "heavy_twcrps", "heavy_n"), 0.0,
+        diag = dict.fromkeys(("spread", "spread_n", "std_s", "std_o"), 0.0)  # collapse diagnostics
+        p95 = {"P95": self.p95_mm}
+        # the same accumulators and names as `evaluate`'s metrics.json
+        samples_scores = Scores(
+            {"crps": CRPS(), "twcrps": TwCRPS(p95), "deterministic": Deterministic(tail=self.p95_mm),
+             "intensities": Intensities(quantiles=(), wet=WET_MM_PER_DAY)}
         )  # fmt: skip
+        heavy_scores = Scores({"twcrps": TwCRPS(p95)})
+        recon_scores = Scores({"deterministic": Deterministic(tail=self.p95_mm)})
         mus = []
         n_days = 0
         loss_fn = self.loss_fn(beta)
@@ -265,62 +264,41 @@ class Trainer:
                 acc[k] += float(terms[key]) * size
             mus.append(out["mu"].float().cpu())
             obs = self.normalization.to_mm(b["target"])
-            rec = self.normalization.to_mm(out["recon"].float())
             mask, land = b["mask"], b["land"]
-            tail = mask & (obs >= self.p95_mm)
-            m["rec_tail_abs"] += float(((rec - obs).abs() * tail).sum())
             samples = self.model.sample(b["inputs"], b["statics"], n_samples=t.val_samples, mode="prior", generator=gen)
             sim = self.normalization.to_mm(samples.float())  # (B, n, 1, H, W)
             for k in range(sim.shape[1]):
-                s = sim[:, k]
-                err = (s - obs) * mask
-                m["abs"] += float(err.abs().sum())
-                m["sq"] += float((err**2).sum())
-                m["tail_abs"] += float(((s - obs).abs() * tail).sum())
-                n_land = land.sum(dim=(1, 2, 3)).clamp_min(1)
-                m["bias"] += float((((s - obs) * land).sum(dim=(1, 2, 3)) / n_land).sum())
-                m["wet_s"] += float(((s >= WET_MM_PER_DAY) & mask).sum())
-                m["std_s"] += float(_masked_std(s, land).sum())
-            m["n"] += float(mask.sum())
-            m["tail_n"] += float(tail.sum())
-            m["days"] += size
-            m["wet_o"] += float(((obs >= WET_MM_PER_DAY) & mask).sum())
-            m["std_o"] += float(_masked_std(obs, land).sum())
+                diag["std_s"] += float(_masked_std(sim[:, k], land).sum())
+            diag["std_o"] += float(_masked_std(obs, land).sum())
             if sim.shape[1] >= 2:
-                m["spread"] += float(((sim[:, 0] - sim[:, 1]).abs() * mask).sum())
-                m["spread_n"] += float(mask.sum())
-            # Proper scores of the sample ensemble (fair CRPS, unbiased for any K >= 2), summed over valid pixels.
+                diag["spread"] += float(((sim[:, 0] - sim[:, 1]).abs() * mask).sum())
+                diag["spread_n"] += float(mask.sum())
             ens, o, valid = sim[:, :, 0].cpu().numpy(), obs[:, 0].cpu().numpy(), mask[:, 0].cpu().numpy()
+            rec = self.normalization.to_mm(out["recon"].float())[:, 0].cpu().numpy()
             for i in range(ens.shape[0]):
-                crps = crps_ensemble(ens[i], o[i], valid[i])
-                tw = twcrps_ensemble(ens[i], o[i], self.p95_mm, valid[i])
-                m["crps"] += float(np.nansum(crps))
-                m["twcrps"] += float(np.nansum(tw))
+                fields = Fields(ens[i], o[i], valid[i])
+                samples_scores.add(fields)
                 if bool(batch["heavy"][i]):
-                    m["heavy_twcrps"] += float(np.nansum(tw))
-                    m["heavy_n"] += float(valid[i].sum())
+                    heavy_scores.add(fields)
+                recon_scores.add(Fields.single(rec[i], o[i], valid[i]))
         k = t.val_samples
         mu = torch.cat(mus)
         active = int((mu.var(dim=0) > 0.01).sum()) if mu.shape[0] > 1 else 0
         obs_mean = self.data.mean_land_mm_per_day
+        scores, heavy = samples_scores.compute(), heavy_scores.compute()
         row = {
             "val_loss": acc["loss"] / n_days,
             "val_L_rec": acc["L_rec"] / n_days,
             "val_L_mass": acc["L_mass"] / n_days,
             "val_L_kl": acc["L_kl"] / n_days,
-            "val_MAE_all": m["abs"] / max(1.0, m["n"] * k),
-            "val_MAE_tail": m["tail_abs"] / max(1.0, m["tail_n"] * k) if m["tail_n"] else float("nan"),
-            "val_RMSE_all": math.sqrt(m["sq"] / max(1.0, m["n"] * k)),
-            "val_mass_bias": m["bias"] / max(1.0, m["days"] * k),
-            "val_rec_MAE_tail": m["rec_tail_abs"] / m["tail_n"] if m["tail_n"] else float("nan"),
-            "val_CRPS": m["crps"] / max(1.0, m["n"]),
-            "val_twCRPS_P95": m["twcrps"] / max(1.0, m["n"]),
-            "val_heavy_twCRPS_P95": m["heavy_twcrps"] / m["heavy_n"] if m["heavy_n"] else float("nan"),
+            **{f"val_{key}": scores[key] for key in VALIDATION_SCORES},
+            "val_rec_MAE_tail": recon_scores.compute()["MAE_tail"],
+            "val_heavy_twCRPS_P95": heavy["twCRPS_P95"],
             "val_active_units": active,
-            "val_sample_spread_mm": m["spread"] / m["spread_n"] if m["spread_n"] else float("nan"),
-            "val_wet_fraction_samples": m["wet_s"] / max(1.0, m["n"] * k),
-            "val_wet_fraction_obs": m["wet_o"] / max(1.0, m["n"]),
-            "val_spatial_std_ratio": (m["std_s"] / k) / max(m["std_o"], 1e-9),
+            "val_sample_spread_mm": diag["spread"] / diag["spread_n"] if diag["spread_n"] else float("nan"),
+            "val_wet_fraction_samples": scores["wet_day_frequency_sim"],
+            "val_wet_fraction_obs": scores["wet_day_frequency_obs"],
+            "val_spatial_std_ratio": (diag["std_s"] / k) / max(diag["std_o"], 1e-9),
         }
         row["alarms"] = ";".join(collapse_alarms(row, obs_mean, self.config.model.d_z))
         return row
@@ -361,7 +339,7 @@ def read_log(path: Path) -> list[dict]:
 
 def write_log(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=TRAIN_LOG_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -426,10 +404,6 @@ def fit(
         train_row = trainer.run_epoch(epoch)
         row = {"epoch": epoch + 1, **train_row, **trainer.validate(epoch, beta=train_row["beta"])}
         row["seconds"] = time.perf_counter() - started
-        if metric not in row:
-            raise InputError(
-                f"config key train.select_metric: {metric!r} is not a log column ({', '.join(LOG_COLUMNS)})"
-            )
         if row["alarms"]:
             for alarm in row["alarms"].split(";"):
                 logger.warning(f"epoch {epoch + 1}: {alarm}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +31,15 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from precip_cvae.config import ARMS, Config, ExperimentConfig
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.sample_store import SampleStore
-from precip_cvae.downstream import ARMS
 from precip_cvae.downstream.losses import crps_from_quantiles, density_weights, pinball, weighted_mae
 from precip_cvae.downstream.srdrn import SRDRN
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import write_json
 from precip_cvae.generator import select_device
-from precip_cvae.metrics import LogHistogram, contingency, csi, sedi
+from precip_cvae.metrics import Categorical, Deterministic, Fields, Intensities, Mean, Scores
 
 PRECIP_CHANNELS = ("pr", "pr_coarse", "tp", "rr", "prate", "precip", "precipitation", "prcp", "tprate")
 #: Metrics where lower is better (others: "zero" = closest to 0, "higher").
@@ -47,27 +47,8 @@ RULES = {"MAE_all": "lower", "MAE_tail": "lower", "RMSE_all": "lower", "quantile
          "quantile_bias_P99.9": "zero", "CRPS_q": "lower"}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class ExperimentOptions:
-    """Settings shared by every arm (the budget is ``steps`` gradient steps of ``batch_size`` days).
-
-    ``oversample_share``: the heavy share of the ``oversample`` arm's draws; by default that of ``augment``.
-    """
-
-    arms: tuple[str, ...] = ARMS
-    seeds: int = 3
-    steps: int = 1500
-    batch_size: int = 16
-    lr: float = 1e-3
-    filters: int = 32
-    n_blocks: int = 8
-    quantiles: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
-    reweight_alpha: float = 1.0
-    per_day: int = 2
-    oversample_share: float | None = None
-    fixed_thresholds_mm: tuple[float, ...] = (10.0, 25.0, 50.0)
-    device: str = "auto"
-    synth_dir: str | None = None
+#: Settings shared by every arm: the config's ``experiment`` section (the name kept for callers of the API).
+ExperimentOptions = ExperimentConfig
 
 
 @dataclass
@@ -250,47 +231,15 @@ def train_run(plan: ArmPlan, examples: Examples, data: PreparedData, options: Ex
     return model.eval()
 
 
-class DeterministicScores:
-    """Streaming scores of a point prediction on test days, in mm/day: sums, contingency tables, histograms."""
-
-    def __init__(self, thresholds: dict[str, float]):
-        self.thresholds = thresholds
-        self.sums = dict.fromkeys(("abs", "sq", "n", "tail_abs", "tail_n", "crps", "crps_n"), 0.0)
-        self.tables = {k: dict.fromkeys(("hits", "misses", "false_alarms", "correct_negatives"), 0) for k in thresholds}
-        self.sim, self.obs = LogHistogram(), LogHistogram()
-
-    def add(self, pred: np.ndarray, obs: np.ndarray, mask: np.ndarray, crps: float | None = None) -> None:
-        p, o = pred[mask], obs[mask]
-        self.sums["abs"] += float(np.abs(p - o).sum())
-        self.sums["sq"] += float(((p - o) ** 2).sum())
-        self.sums["n"] += p.size
-        tail = o >= self.thresholds["P95"]
-        self.sums["tail_abs"] += float(np.abs(p[tail] - o[tail]).sum())
-        self.sums["tail_n"] += int(tail.sum())
-        if crps is not None:
-            self.sums["crps"] += crps * p.size
-            self.sums["crps_n"] += p.size
-        for key, t in self.thresholds.items():
-            table = contingency(pred, obs, t, mask)
-            for k in table:
-                self.tables[key][k] += table[k]
-        self.sim.add(p)
-        self.obs.add(o)
-
-    def compute(self) -> dict[str, float]:
-        s = self.sums
-        out = {
-            "MAE_all": s["abs"] / max(s["n"], 1),
-            "MAE_tail": s["tail_abs"] / s["tail_n"] if s["tail_n"] else float("nan"),
-            "RMSE_all": math.sqrt(s["sq"] / max(s["n"], 1)),
-            "CRPS_q": s["crps"] / s["crps_n"] if s["crps_n"] else float("nan"),
+def point_scores(thresholds: dict[str, float]) -> Scores:
+    """The scores of a point prediction on test days, in mm/day: the accumulators (and names) of `evaluate`'s."""
+    return Scores(
+        {
+            "deterministic": Deterministic(tail=thresholds["P95"]),
+            "categorical": Categorical(thresholds),
+            "intensities": Intensities(quantiles=(0.99, 0.999)),
         }
-        for label, q in (("P99", 0.99), ("P99.9", 0.999)):
-            out[f"quantile_bias_{label}"] = self.sim.quantile(q) - self.obs.quantile(q)
-        for key, table in self.tables.items():
-            out[f"CSI_{key}"] = csi(table)
-            out[f"SEDI_{key}"] = sedi(table)
-        return out
+    )
 
 
 @torch.no_grad()
@@ -298,7 +247,8 @@ def score_run(model: SRDRN, plan: ArmPlan, data: PreparedData, options: Experime
     """Scores of one trained model on all test days and on heavy test days."""
     thresholds = {k: data.thresholds_mm[k] for k in ("P95", "P99")}
     thresholds.update({f"{t:g}mm": t for t in options.fixed_thresholds_mm})
-    scores = {"all": DeterministicScores(thresholds), "heavy": DeterministicScores(thresholds)}
+    scores = {"all": point_scores(thresholds), "heavy": point_scores(thresholds)}
+    crps_q = {"all": Mean("CRPS_q"), "heavy": Mean("CRPS_q")}
     statics = torch.from_numpy(data.statics)[None].to(device)
     days = data.ids("test")
     median = options.quantiles.index(0.5) if plan.quantile and 0.5 in options.quantiles else 0
@@ -316,15 +266,19 @@ def score_run(model: SRDRN, plan: ArmPlan, data: PreparedData, options: Experime
             if plan.quantile:
                 crps = crps_from_quantiles(torch.from_numpy(mm[b][None]), torch.from_numpy(obs[None, None]),
                                            options.quantiles, torch.from_numpy(mask[None, None]))  # fmt: skip
+            fields = Fields.single(mm[b, median], obs, mask)
             for subset in ("all", "heavy") if data.is_heavy(day) else ("all",):
-                scores[subset].add(mm[b, median], obs, mask, crps)
+                scores[subset].add(fields)
+                if crps is not None:
+                    crps_q[subset].accum(crps, weight=fields.n)
     levels = np.round(1 - np.logspace(-4, np.log10(0.5), 30), 6)
+    intensities = scores["all"]["intensities"]
     qq = {
         "levels": levels.tolist(),
-        "sim": [scores["all"].sim.quantile(q) for q in levels],
-        "obs": [scores["all"].obs.quantile(q) for q in levels],
+        "sim": [intensities.sim.quantile(q) for q in levels],
+        "obs": [intensities.obs.quantile(q) for q in levels],
     }
-    return {**{k: v.compute() for k, v in scores.items()}, "qq": qq}
+    return {**{k: {**v.compute(), **crps_q[k].compute()} for k, v in scores.items()}, "qq": qq}
 
 
 def _interval(values: list[float]) -> dict:
@@ -393,14 +347,20 @@ def verdict(summary: dict) -> str:
 
 
 def run_experiment(
-    config, options: ExperimentOptions, out_dir: str | Path | None = None, progress: bool = True
+    config: Config, options: ExperimentConfig | None = None, out_dir: str | Path | None = None, progress: bool = True
 ) -> dict:
-    """Run every (arm, seed) not yet done, then write experiment.json, experiment.md and figures into out_dir."""
+    """Run every (arm, seed) not yet done, then write experiment.json, experiment.md and figures into out_dir.
+
+    ``options`` default to ``config.experiment``; the device is ``config.train.device``."""
     data = PreparedData(config.data.data_root)
+    options = options or config.experiment
     out_dir = Path(out_dir) if out_dir else Path(config.data.outputs_root) / "experiment"
-    synth_dir = options.synth_dir or str(Path(config.data.outputs_root) / "synth")
-    options = ExperimentOptions(**{**asdict(options), "synth_dir": synth_dir})
-    device = select_device(options.device)
+    synth_dir = options.source or str(Path(config.data.outputs_root) / "synth")
+    changes = {"source": synth_dir}
+    if options.epochs:  # the budget in passes over the real training days
+        changes["steps"] = options.epochs * math.ceil(len(data.ids("train")) / options.batch_size)
+    options = replace(options, **changes)
+    device = select_device(config.train.device)
     examples = Examples(data, SampleStore(synth_dir))
     plans = plan_arms(data, options, examples)
     runs_dir = out_dir / "runs"

@@ -1,0 +1,251 @@
+"""What every score shares: array conventions, the effective mask, sorted members, and the accumulator protocol.
+
+Conventions
+-----------
+- Fields are precipitation in mm/day. ``obs`` is ``(H, W)`` or ``(N, H, W)``; an ensemble ``ens`` has its members on
+  the axis just before the two spatial axes: ``(K, H, W)`` or ``(N, K, H, W)``. A single prediction ``pred`` has the
+  shape of ``obs`` (it is scored as an ensemble of one member).
+- ``mask`` is a boolean array broadcastable to ``obs`` (normally ``(H, W)``), True on valid pixels; ``None`` means
+  every pixel. The *effective* mask of every metric is ``mask & isfinite(obs) & isfinite(prediction)`` (for an
+  ensemble: every member finite), so a pixel-day where the observation or any member is missing never counts.
+- Thresholds are in mm/day; an event (exceedance) is ``value >= threshold``.
+- Undefined scores (no valid pixel, no event, a zero denominator) are NaN, never an exception.
+
+Accumulators (the pysteps pattern): a score is a class whose constructor is ``init``, with ``accum(fields)``
+(add days), ``merge(other)`` (add another accumulator's days) and ``compute()`` (a dict of named values). Its
+one-shot function is the accumulator run once over the given arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+
+def _f64(x: ArrayLike) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def _member_axis(obs: np.ndarray) -> int:
+    # Members sit just before the two spatial axes; for 0-d or 1-d observations they lead.
+    return max(obs.ndim - 2, 0)
+
+
+def _check_ens(ens: np.ndarray, obs: np.ndarray) -> int:
+    """The member axis of ``ens`` after checking that ``ens`` is ``obs`` with one extra (member) axis."""
+    ax = _member_axis(obs)
+    if ens.ndim != obs.ndim + 1 or ens.shape[:ax] + ens.shape[ax + 1 :] != obs.shape:
+        raise ValueError(f"ensemble shape {ens.shape} does not match observations {obs.shape} (+ a member axis)")
+    return ax
+
+
+def _check_same(pred: np.ndarray, obs: np.ndarray) -> None:
+    if pred.shape != obs.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from observations {obs.shape}")
+
+
+def _valid(obs: np.ndarray, mask: ArrayLike | None, *preds: np.ndarray, ens: np.ndarray | None = None) -> np.ndarray:
+    """Effective mask: ``mask`` & finite ``obs`` & finite predictions (all members of ``ens``), shape of ``obs``."""
+    valid = np.isfinite(obs)
+    if mask is not None:
+        valid = valid & np.broadcast_to(np.asarray(mask, dtype=bool), obs.shape)
+    for p in preds:
+        valid = valid & np.isfinite(p)
+    if ens is not None:
+        valid = valid & np.isfinite(ens).all(axis=_member_axis(obs))
+    return valid
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(x.mean()) if x.size else math.nan
+
+
+def _div(a: float, b: float) -> float:
+    return float(a) / float(b) if b else math.nan
+
+
+def _crps_sorted(xs: np.ndarray, y: np.ndarray, fair: bool) -> np.ndarray:
+    """CRPS of ensembles sorted ascending along axis 0, ``xs`` (K, ...), against ``y`` (...), in O(K) per point.
+
+    With 0-based ranks i, sum_{i<j} |x_(i) - x_(j)| = sum_i (2i - K + 1) x_(i), so the double sum over pairs never has
+    to be formed.
+    """
+    K = xs.shape[0]
+    if fair and K < 2:
+        raise ValueError("the fair CRPS needs at least 2 members")
+    term1 = np.abs(xs - y).mean(axis=0)
+    weights = (2.0 * np.arange(K) - K + 1).reshape((K,) + (1,) * y.ndim)
+    pairs = (weights * xs).sum(axis=0)  # sum over i<j; the full double sum is twice this
+    return term1 - pairs / (K * (K - 1) if fair else K * K)
+
+
+def _q_label(q: float) -> str:
+    return f"P{round(q * 100, 6):g}"
+
+
+def _block_pool(x: np.ndarray, valid: np.ndarray, pool: int, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pool the two trailing axes of ``x`` over non-overlapping ``pool`` x ``pool`` blocks, over valid pixels only.
+
+    ``valid`` broadcasts against ``x``. The grid is padded with invalid pixels to a multiple of ``pool``. Returns the
+    pooled values and the blocks kept: those with at least half of their ``pool**2`` pixels valid.
+    """
+    if how not in ("mean", "max"):
+        raise ValueError(f"how must be 'mean' or 'max', got {how!r}")
+    valid = np.broadcast_to(valid, x.shape)
+    H, W = x.shape[-2:]
+    pad = [(0, 0)] * (x.ndim - 2) + [(0, -H % pool), (0, -W % pool)]
+    x, valid = np.pad(x, pad), np.pad(valid, pad)
+    Hb, Wb = x.shape[-2] // pool, x.shape[-1] // pool
+    blocks = x.shape[:-2] + (Hb, pool, Wb, pool)
+    x, valid = x.reshape(blocks), valid.reshape(blocks)
+    count = valid.sum(axis=(-3, -1))
+    if how == "mean":
+        value = np.where(valid, x, 0.0).sum(axis=(-3, -1)) / np.maximum(count, 1)
+    else:
+        value = np.where(valid, x, -np.inf).max(axis=(-3, -1))
+    keep = 2 * count >= pool * pool
+    return np.where(keep, value, np.nan), keep
+
+
+def _ranks(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rank (0..K) of ``y`` (n,) among members ``x`` (K, n); ties (many zeros) broken uniformly at random."""
+    below = (x < y).sum(axis=0)
+    ties = (x == y).sum(axis=0)
+    return below + rng.integers(0, ties + 1)
+
+
+_CELLS = ("hits", "misses", "false_alarms", "correct_negatives")
+
+
+def _table(pred_event: np.ndarray, obs_event: np.ndarray) -> dict[str, int]:
+    return {
+        "hits": int((pred_event & obs_event).sum()),
+        "misses": int((~pred_event & obs_event).sum()),
+        "false_alarms": int((pred_event & ~obs_event).sum()),
+        "correct_negatives": int((~pred_event & ~obs_event).sum()),
+    }
+
+
+class Fields:
+    """One batch of forecast-observation pairs, with what several scores need computed once.
+
+    Parameters
+    ----------
+    ens : (..., K, H, W) mm/day, members just before the spatial axes (0-d/1-d observations: members lead)
+    obs : (..., H, W) mm/day
+    mask : bool broadcastable to ``obs``, or None
+    """
+
+    def __init__(self, ens: ArrayLike, obs: ArrayLike, mask: ArrayLike | None = None):
+        self.ens, self.obs = _f64(ens), _f64(obs)
+        self.ax = _check_ens(self.ens, self.obs)
+        self.K = int(self.ens.shape[self.ax])
+        self.v = _valid(self.obs, mask, ens=self.ens)
+
+    @classmethod
+    def single(cls, pred: ArrayLike, obs: ArrayLike, mask: ArrayLike | None = None) -> Fields:
+        """A single prediction as an ensemble of one member."""
+        pred, obs = _f64(pred), _f64(obs)
+        _check_same(pred, obs)
+        return cls(np.expand_dims(pred, _member_axis(obs)), obs, mask)
+
+    @property
+    def n(self) -> int:
+        """Valid points."""
+        return int(self.v.sum())
+
+    @cached_property
+    def x(self) -> np.ndarray:
+        """(K, n) member values at the valid points."""
+        return np.moveaxis(self.ens, self.ax, 0)[:, self.v]
+
+    @cached_property
+    def y(self) -> np.ndarray:
+        """(n,) observations at the valid points."""
+        return self.obs[self.v]
+
+    @cached_property
+    def xs(self) -> np.ndarray:
+        """(K, n) members sorted at each valid point."""
+        return np.sort(self.x, axis=0)
+
+    @cached_property
+    def median(self) -> np.ndarray:
+        """(n,) pixelwise ensemble median (the mean of the two middle members for even K)."""
+        K = self.K
+        return 0.5 * (self.xs[(K - 1) // 2] + self.xs[K // 2])
+
+    def fields(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(ens (K, H, W), obs (H, W), valid (H, W)) of each field, for scores defined field by field."""
+        if self.obs.ndim < 2:
+            return [(np.moveaxis(self.ens, self.ax, 0), self.obs, self.v)]
+        H, W = self.obs.shape[-2:]
+        ens = np.moveaxis(self.ens, self.ax, -3).reshape(-1, self.K, H, W)
+        return list(zip(ens, self.obs.reshape(-1, H, W), self.v.reshape(-1, H, W), strict=True))
+
+
+class Accumulator:
+    """A streaming score: ``accum`` days, ``merge`` accumulators of the same settings, ``compute`` named values."""
+
+    def settings(self) -> tuple:
+        """What two accumulators must share to merge."""
+        return ()
+
+    def accum(self, f: Fields) -> None:
+        raise NotImplementedError
+
+    def merge(self, other: Accumulator) -> None:
+        if type(other) is not type(self) or other.settings() != self.settings():
+            raise ValueError(f"cannot merge {type(self).__name__} with different settings")
+        self._merge(other)
+
+    def _merge(self, other: Accumulator) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class Sums(Accumulator):
+    """An accumulator whose state is named float sums (merged by addition)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(value)
+
+    def get(self, name: str) -> float:
+        return self.sums.get(name, 0.0)
+
+    def _merge(self, other: Sums) -> None:  # type: ignore[override]
+        for name, value in other.sums.items():
+            self.add(name, value)
+
+
+def run_once(accumulator: Accumulator, f: Fields) -> dict[str, Any]:
+    """The one-shot form of a score: its accumulator over ``f`` alone."""
+    accumulator.accum(f)
+    return accumulator.compute()
+
+
+class Mean(Sums):
+    """Weighted mean of values computed elsewhere (e.g. a CRPS from quantile predictions), under ``name``."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def settings(self) -> tuple:
+        return (self.name,)
+
+    def accum(self, value: float, weight: float = 1.0) -> None:  # type: ignore[override]
+        self.add("total", value * weight)
+        self.add("weight", weight)
+
+    def compute(self) -> dict[str, Any]:
+        return {self.name: _div(self.get("total"), self.get("weight"))}

@@ -1,0 +1,128 @@
+"""Several scores of one forecast system at once: a mapping of accumulators fed the same days (as weatherbench2's
+evaluation takes a dict of metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from numpy.typing import ArrayLike
+
+from precip_cvae.metrics._core import Accumulator, Fields
+from precip_cvae.metrics.categorical import Categorical
+from precip_cvae.metrics.deterministic import Deterministic
+from precip_cvae.metrics.extremes import Intensities, Rx1day
+from precip_cvae.metrics.probabilistic import CRPS, PooledCRPS, RankHistogram, SpreadSkill, TwCRPS
+from precip_cvae.metrics.spatial import FSS
+from precip_cvae.metrics.spectral import Spectrum
+
+
+class Scores(Mapping[str, Accumulator]):
+    """Named accumulators fed the same days; :meth:`compute` gathers their values (plus ``days`` and ``pixels``, the
+    valid pixel-days) into one flat, JSON-serializable dict. Merges exactly with another of the same settings."""
+
+    def __init__(self, accumulators: dict[str, Accumulator]):
+        self.accumulators = dict(accumulators)
+        self.days = 0
+        self.pixels = 0
+
+    def __getitem__(self, name: str) -> Accumulator:
+        return self.accumulators[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.accumulators)
+
+    def __len__(self) -> int:
+        return len(self.accumulators)
+
+    def accumulate(self, ens: ArrayLike, obs: ArrayLike, mask: ArrayLike | None = None) -> None:
+        """Add fields: ``ens`` (K, H, W) or (N, K, H, W) mm/day, ``obs`` (H, W) or (N, H, W), ``mask`` (H, W)."""
+        self.add(Fields(ens, obs, mask))
+
+    def add(self, fields: Fields) -> None:
+        self.days += 1 if fields.obs.ndim <= 2 else int(fields.obs.size // fields.obs.shape[-1] // fields.obs.shape[-2])
+        self.pixels += fields.n
+        for accumulator in self.accumulators.values():
+            accumulator.accum(fields)
+
+    def merge(self, other: Scores) -> None:
+        if list(other) != list(self):
+            raise ValueError("cannot merge scores of different accumulators")
+        for name, accumulator in self.accumulators.items():
+            accumulator.merge(other[name])
+        self.days += other.days
+        self.pixels += other.pixels
+
+    def compute(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for accumulator in self.accumulators.values():
+            out.update(accumulator.compute())
+        out.update(days=int(self.days), pixels=int(self.pixels))
+        return {k: (float(v) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+class EnsembleScores(Scores):
+    """Everything `evaluate` scores for one ensemble system, day by day, in mm/day over each day's effective mask;
+    memory independent of the number of days.
+
+    Parameters
+    ----------
+    K : int, members per day (>= 2)
+    thresholds : dict label -> mm/day; must hold ``"P95"`` and ``"P99"``. Every label gets twCRPS, CSI, SEDI and
+        FSS; ``"P95"`` is also the tail of ``MAE_tail``.
+    pools : block sides (pixels) of the pooled CRPS
+    fss_windows : box sides (pixels) of the FSS
+    quantiles : levels of the quantile biases
+    wet : float, mm/day, wet-day threshold
+    rng_seed : int >= 0, seed of the rank histogram's tie-breaking (merge-invariant: see :class:`RankHistogram`)
+
+    Notes
+    -----
+    The deterministic scores (``MAE_all``, ``MAE_tail``, ``RMSE_all``, ``mass_bias``) are those of the pixelwise
+    ensemble median; ``MAE_member`` is the MAE of one member, averaged over members. Keys of :meth:`compute` are those
+    of the accumulators (:class:`CRPS`, :class:`TwCRPS`, :class:`PooledCRPS`, :class:`Deterministic`,
+    :class:`SpreadSkill`, :class:`RankHistogram`, :class:`Intensities`, :class:`Categorical`, :class:`FSS`,
+    :class:`Rx1day`, :class:`Spectrum`) plus ``days``, ``pixels`` and ``K``.
+    """
+
+    def __init__(
+        self,
+        K: int,
+        thresholds: dict[str, float],
+        pools: Sequence[int] = (4, 16),
+        fss_windows: Sequence[int] = (1, 5, 11),
+        quantiles: Sequence[float] = (0.95, 0.99, 0.999),
+        wet: float = 1.0,
+        rng_seed: int = 0,
+    ):
+        if K < 2:
+            raise ValueError("EnsembleScores needs K >= 2 members (fair CRPS, spread)")
+        missing = {"P95", "P99"} - set(thresholds)
+        if missing:
+            raise ValueError(f"thresholds lacks {sorted(missing)}")
+        self.K = int(K)
+        super().__init__(
+            {
+                "crps": CRPS(),
+                "twcrps": TwCRPS(thresholds),
+                "pooled_crps": PooledCRPS(pools),
+                "deterministic": Deterministic(tail=thresholds["P95"]),
+                "spread_skill": SpreadSkill(K),
+                "rank_histogram": RankHistogram(K, rng_seed),
+                "intensities": Intensities(quantiles, wet),
+                "categorical": Categorical(thresholds),
+                "fss": FSS(thresholds, fss_windows),
+                "rx1day": Rx1day(),
+                "spectrum": Spectrum(),
+            }
+        )
+
+    def accumulate(self, ens: ArrayLike, obs: ArrayLike, mask: ArrayLike | None = None) -> None:
+        """Add one day: ``ens`` (K, H, W) mm/day, ``obs`` (H, W) mm/day, ``mask`` (H, W) bool or None."""
+        f = Fields(ens, obs, mask)
+        if f.obs.ndim != 2 or f.ens.shape != (self.K, *f.obs.shape):
+            raise ValueError(f"expected ens (K={self.K}, H, W) and obs (H, W), got {f.ens.shape} and {f.obs.shape}")
+        self.add(f)
+
+    def compute(self) -> dict[str, Any]:
+        return {**super().compute(), "K": self.K}
