@@ -66,15 +66,17 @@ def test_print_config_and_cli_error(capsys, tmp_path):
 
 
 def test_every_stage_has_a_section_validated_before_work(tmp_path):
-    config = load_config(None, ["gate.min_variability=0.1", "evaluate.baselines=analog,oracle", "experiment.arms=[quantile]",
-                                "experiment.oversample_share=0.4", "evaluate.oracle=o.npy"])  # fmt: skip
+    overrides = ["gate.min_variability=0.1", "evaluate.baselines=analog,oracle", "experiment.arms=[quantile]",
+                 "experiment.oversample_share=0.4", "evaluate.oracle=o.npy"]  # fmt: skip
+    config = load_config(None, overrides)
     assert config.gate.min_variability == 0.1 and config.evaluate.baselines == ("analog", "oracle")
     assert config.experiment.arms == ("quantile",) and config.experiment.oversample_share == 0.4
     assert config.evaluate.oracle == "o.npy"
-    for override, key in [("train.select_metric=val_nope", "train.select_metric"), ("evaluate.K=1", "evaluate.K"),
-                          ("evaluate.baselines=analog,persistence", "evaluate.baselines"),
-                          ("experiment.arms=baseline,magic", "experiment.arms"), ("gate.peak_factor=0", "gate.peak_factor"),
-                          ("experiment.quantiles=[0.5,1.5]", "experiment.quantiles")]:  # fmt: skip
+    bad = [("train.select_metric=val_nope", "train.select_metric"), ("evaluate.K=1", "evaluate.K"),
+           ("evaluate.baselines=analog,persistence", "evaluate.baselines"),
+           ("experiment.arms=baseline,magic", "experiment.arms"), ("gate.peak_factor=0", "gate.peak_factor"),
+           ("experiment.quantiles=[0.5,1.5]", "experiment.quantiles")]  # fmt: skip
+    for override, key in bad:
         with pytest.raises(InputError, match=key.replace(".", r"\.")):
             load_config(None, [override])
 
