@@ -176,9 +176,10 @@ class ExperimentConfig:
     """Defaults of `precip-cvae experiment` (each also a command-line option); every arm shares them.
 
     The budget is ``steps`` gradient steps of ``batch_size`` days, or ``epochs`` passes over the real training days
-    when > 0. ``filters``/``n_blocks``: SRDRN's width and depth (the paper's: 64 and 16). ``per_day``: synthetic
-    samples used per heavy training day. ``oversample_share``: the heavy share of the ``oversample`` arm's draws (by
-    default that of ``augment``). ``source``: the sample store (default ``<outputs_root>/synth``).
+    when > 0. ``grad_clip``: largest gradient norm (0 = off). ``filters``/``n_blocks``: SRDRN's width and depth (the
+    paper's: 64 and 16). ``per_day``: synthetic samples used per heavy training day. ``oversample_share``: the heavy
+    share of the ``oversample`` arm's draws (by default that of ``augment``). ``source``: the sample store (default
+    ``<outputs_root>/synth``).
     """
 
     arms: tuple[str, ...] = ARMS
@@ -187,6 +188,7 @@ class ExperimentConfig:
     epochs: int = 0
     batch_size: int = 16
     lr: float = 1e-3
+    grad_clip: float = 0.0
     filters: int = 32
     n_blocks: int = 8
     quantiles: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
@@ -379,6 +381,7 @@ def validate(config: Config) -> None:
         ("experiment.epochs", config.experiment.epochs >= 0),
         ("experiment.batch_size", config.experiment.batch_size >= 1),
         ("experiment.lr", config.experiment.lr > 0),
+        ("experiment.grad_clip", config.experiment.grad_clip >= 0),
         ("experiment.filters", config.experiment.filters >= 1),
         ("experiment.n_blocks", config.experiment.n_blocks >= 1),
         ("experiment.quantiles", all(0 < q < 1 for q in config.experiment.quantiles)),

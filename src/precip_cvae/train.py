@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
-from tqdm.auto import tqdm
 
+from precip_cvae import loop
 from precip_cvae.checkpoint import check_against, load_checkpoint, save_checkpoint, training_state
 from precip_cvae.config import HIGHER_IS_BETTER, TRAIN_LOG_COLUMNS, Config, dump_config
 from precip_cvae.data.dataset import DayDataset, PreparedData
-from precip_cvae.errors import InputError, RunFailed
+from precip_cvae.errors import InputError
 from precip_cvae.fileio import write_text
 from precip_cvae.generator import BEST_CHECKPOINT, CHECKPOINT_DIR, build_model, select_device
+from precip_cvae.loop import Precision, TrainingDiverged  # noqa: F401  (TrainingDiverged: the API's name)
 from precip_cvae.losses import LossWeights, cvae_loss, kl_weight
 from precip_cvae.metrics import CRPS, Deterministic, Fields, Intensities, Scores, TwCRPS
 
@@ -34,65 +35,18 @@ WET_MM_PER_DAY = 0.1
 VALIDATION_SCORES = ("MAE_all", "MAE_member", "MAE_tail", "RMSE_all", "mass_bias", "CRPS", "twCRPS_P95")
 
 
-class TrainingDiverged(RunFailed):
-    """Too many non-finite losses in a row."""
+def cvae_forward(model: torch.nn.Module, batch: dict, generator: torch.Generator | None) -> dict:
+    """The cVAE's training forward pass (posterior sample, reconstruction, prior parameters)."""
+    return model(batch["inputs"], batch["target"], batch["statics"], generator=generator)
 
 
-def train_step(
-    model: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]],
-    *,
-    accumulate: int = 1,
-    step: bool = True,
-    grad_clip: float = 0.0,
-    scaler: torch.amp.GradScaler | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    generator: torch.Generator | None = None,
-) -> dict[str, float] | None:
-    """One forward/backward pass, and an optimizer step when ``step`` (the last of ``accumulate`` passes).
+def train_step(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer, loss_fn, **kwargs):
+    """:func:`precip_cvae.loop.train_step` with the cVAE's forward pass.
 
-    No I/O, logging or device logic: ``batch`` is already on the model's device. Returns the loss terms
-    as floats, or None when the loss or the gradients were not finite (the step is then skipped and the
-    accumulated gradients dropped).
-
-    Parameters
-    ----------
-    batch : "inputs" (B, C, h, w), "target" (B, 1, H, W) normalized, "mask", "land" (B, 1, H, W) bool,
-        "statics" (1, S, H, W)
-    loss_fn : (model output, batch) -> dict with "total" and other scalar terms
+    ``batch``: "inputs" (B, C, h, w), "target" (B, 1, H, W) normalized, "mask", "land" (B, 1, H, W) bool,
+    "statics" (1, S, H, W), already on the model's device.
     """
-    model.train()
-    device_type = batch["target"].device.type
-    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        out = model(batch["inputs"], batch["target"], batch["statics"], generator=generator)
-    terms = loss_fn(out, batch)
-    total = terms["total"]
-    if not torch.isfinite(total):
-        optimizer.zero_grad(set_to_none=True)
-        return None
-    scaled = total / accumulate
-    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-    result = {k: float(v.detach()) for k, v in terms.items() if v.ndim == 0}
-    if step:
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        params = [p for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-        if not torch.isfinite(norm):
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.update()
-            return None
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        result["grad_norm"] = float(norm)
-    return result
+    return loop.train_step(model, batch, optimizer, loss_fn, forward=cvae_forward, **kwargs)
 
 
 def lr_at(epoch: int, config: Config) -> float:
@@ -126,13 +80,8 @@ class Trainer:
         self.model = build_model(self.data, config.model).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.noise = torch.Generator(device=self.device).manual_seed(t.seed + 1)
-        self.autocast_dtype, self.scaler = None, None
-        if t.amp and self.device.type == "cuda":
-            if torch.cuda.is_bf16_supported():
-                self.autocast_dtype = torch.bfloat16
-            else:
-                self.autocast_dtype = torch.float16
-                self.scaler = torch.amp.GradScaler("cuda")
+        self.precision = Precision.for_device(self.device, t.amp)
+        self.scaler = self.precision.scaler
         d = self.device
         self.statics = torch.from_numpy(self.data.statics)[None].to(d)
         self.threshold_z = torch.from_numpy(self.data.threshold_z(config.loss.extreme_threshold)).to(d)
@@ -183,44 +132,18 @@ class Trainer:
             group["lr"] = lr
         loader = self.train_loader(epoch)
         n_batches = len(loader) if t.max_batches_per_epoch <= 0 else min(len(loader), t.max_batches_per_epoch)
-        sums: dict[str, float] = {}
-        done = skipped = bad_in_a_row = 0
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not self.progress, leave=False)
-        for i, batch in enumerate(loader):
-            if i >= n_batches:
-                break
-            beta = kl_weight(epoch + i / n_batches, self.config.loss.beta_kl, t.warmup_epochs)
-            last_of_group = (i + 1) % t.accumulate == 0 or i + 1 == n_batches
-            try:
-                terms = train_step(
-                    self.model, self.to_device(batch), self.optimizer, self.loss_fn(beta), accumulate=t.accumulate,
-                    step=last_of_group, grad_clip=t.grad_clip, scaler=self.scaler,
-                    autocast_dtype=self.autocast_dtype, generator=self.noise,
-                )  # fmt: skip
-            except torch.cuda.OutOfMemoryError:
-                raise RunFailed(
-                    f"CUDA out of memory at train.batch_size={t.batch_size}: lower train.batch_size and raise "
-                    "train.accumulate to keep the effective batch, set train.amp=true, or lower model.base_filters"
-                ) from None
-            bar.update(1)
-            if terms is None:
-                skipped += 1
-                bad_in_a_row += 1
-                if bad_in_a_row > t.max_bad_steps:
-                    raise TrainingDiverged(
-                        f"training diverged: {bad_in_a_row} non-finite losses in a row at epoch {epoch + 1}; "
-                        "lower train.lr, lower train.grad_clip, or set train.amp=false"
-                    )
-                continue
-            bad_in_a_row = 0
-            done += 1
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{sums['total'] / done:.3f}", beta=f"{beta:.3f}")
-        bar.close()
-        if done == 0:
-            raise TrainingDiverged(f"training diverged: no finite loss in epoch {epoch + 1}; lower train.lr")
-        mean = {k: v / done for k, v in sums.items()}
+
+        def beta_at(i: int) -> float:
+            return kl_weight(epoch + i / n_batches, self.config.loss.beta_kl, t.warmup_epochs)
+
+        stats = loop.run_steps(
+            self.model, loader, self.optimizer, lambda i: self.loss_fn(beta_at(i)), forward=cvae_forward,
+            to_device=self.to_device, n_steps=n_batches, precision=self.precision, accumulate=t.accumulate,
+            grad_clip=t.grad_clip, max_bad_steps=t.max_bad_steps, generator=self.noise,
+            desc=f"epoch {epoch + 1}/{t.epochs}", progress=self.progress,
+            advice="lower train.lr, lower train.grad_clip, or set train.amp=false",
+        )  # fmt: skip
+        mean, beta, skipped = stats.means, beta_at(n_batches - 1), stats.skipped
         return {
             "train_loss": mean["total"],
             "train_L_rec": mean["L_rec"],

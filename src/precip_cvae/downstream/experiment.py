@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import stats
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
+from precip_cvae import loop
 from precip_cvae.config import ARMS, Config, ExperimentConfig
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.sample_store import SampleStore
@@ -39,6 +41,7 @@ from precip_cvae.downstream.srdrn import SRDRN
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import write_json
 from precip_cvae.generator import select_device
+from precip_cvae.loop import Precision
 from precip_cvae.metrics import Categorical, Deterministic, Fields, Intensities, Mean, Scores
 
 PRECIP_CHANNELS = ("pr", "pr_coarse", "tp", "rr", "prate", "precip", "precipitation", "prcp", "tprate")
@@ -204,30 +207,62 @@ def plan_arms(data: PreparedData, options: ExperimentOptions, examples: Examples
     return plans
 
 
-def train_run(plan: ArmPlan, examples: Examples, data: PreparedData, options: ExperimentOptions, seed: int,
-              device: torch.device, progress: bool = False) -> SRDRN:  # fmt: skip
-    """Train one SRDRN for ``options.steps`` steps on the arm's rows."""
+class ArmRows(Dataset):
+    """The rows of one arm as DataLoader items: ``inputs`` (C, h, w), ``target`` (1, H, W) normalized (0 where
+    missing), ``mask`` (1, H, W) bool and the row's loss ``weight``."""
+
+    def __init__(self, plan: ArmPlan, examples: Examples):
+        self.plan, self.examples = plan, examples
+
+    def __len__(self) -> int:
+        return len(self.plan.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        inputs, target, mask = self.examples.load(self.plan.rows[i])
+        return {"inputs": inputs, "target": target, "mask": mask, "weight": torch.tensor(float(self.plan.weights[i]))}
+
+
+def _srdrn_forward(model: torch.nn.Module, batch: dict, generator: torch.Generator | None) -> torch.Tensor:
+    return model(batch["inputs"], batch["statics"])
+
+
+def train_run(
+    plan: ArmPlan, examples: Examples, data: PreparedData, options: ExperimentConfig, seed: int, config: Config,
+    device: torch.device, progress: bool = False,
+) -> SRDRN:  # fmt: skip
+    """Train one SRDRN for ``options.steps`` steps on the arm's rows, through the cVAE's training-loop pieces
+    (:mod:`precip_cvae.loop`: DataLoader, mixed precision per ``train.amp``, ``experiment.grad_clip``, NaN guard).
+
+    Batches are drawn with replacement with the arm's row probabilities, from a generator seeded by ``seed`` alone."""
     torch.manual_seed(seed)
     n_out = len(options.quantiles) if plan.quantile else 1
     model = SRDRN(data.n_channels, data.lr_shape, data.hr_shape, len(data.static_names), options.filters,
                   options.n_blocks, n_out).to(device)  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     draws = torch.Generator().manual_seed(seed)
-    probabilities = torch.from_numpy(plan.probabilities)
+    sampler = WeightedRandomSampler(
+        plan.probabilities.tolist(), options.steps * options.batch_size, replacement=True, generator=draws
+    )
+    loader = DataLoader(
+        ArmRows(plan, examples), batch_size=options.batch_size, sampler=sampler, num_workers=config.data.num_workers
+    )
     statics = torch.from_numpy(data.statics)[None].to(device)
-    for _ in tqdm(range(options.steps), desc=f"{plan.name} seed {seed}", leave=False, disable=not progress):
-        picks = torch.multinomial(probabilities, options.batch_size, replacement=True, generator=draws).tolist()
-        loaded = [examples.load(plan.rows[i]) for i in picks]
-        inputs, target, mask = (torch.stack(t).to(device) for t in zip(*loaded, strict=True))
-        weights = torch.tensor(plan.weights[picks], dtype=torch.float32, device=device)
-        pred = model(inputs, statics)
+
+    def to_device(batch: dict) -> dict:
+        return {**{k: v.to(device, non_blocking=True) for k, v in batch.items()}, "statics": statics}
+
+    def loss_fn(pred: torch.Tensor, b: dict) -> dict:
+        pred = pred.float()
         if plan.quantile:
-            loss = pinball(pred, target, mask, options.quantiles, weights=weights)
-        else:
-            loss = weighted_mae(pred, target, mask, data.normalization, weights=weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            return {"total": pinball(pred, b["target"], b["mask"], options.quantiles, weights=b["weight"])}
+        return {"total": weighted_mae(pred, b["target"], b["mask"], data.normalization, weights=b["weight"])}
+
+    loop.run_steps(
+        model, loader, optimizer, lambda i: loss_fn, forward=_srdrn_forward, to_device=to_device,
+        n_steps=options.steps, precision=Precision.for_device(device, config.train.amp), grad_clip=options.grad_clip,
+        desc=f"{plan.name} seed {seed}", progress=progress, batch_size_key="experiment.batch_size",
+        advice="lower experiment.lr, set experiment.grad_clip, or set train.amp=false",
+    )  # fmt: skip
     return model.eval()
 
 
@@ -373,7 +408,7 @@ def run_experiment(
         if path.is_file():
             results.setdefault(arm, []).append(json.loads(path.read_text()))
             continue
-        model = train_run(plans[arm], examples, data, options, seed, device, progress=progress)
+        model = train_run(plans[arm], examples, data, options, seed, config, device, progress=progress)
         scores = score_run(model, plans[arm], data, options, device)
         write_json(path, scores)
         results.setdefault(arm, []).append(json.loads(path.read_text()))

@@ -1,0 +1,70 @@
+"""The training-loop pieces both models train through: accumulation, clipping, the NaN guard, clear failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from precip_cvae.errors import RunFailed
+from precip_cvae.loop import Precision, TrainingDiverged, run_steps, train_step
+
+
+def _forward(model, batch, generator):
+    return model(batch["x"])
+
+
+def _mse(out, batch):
+    return {"total": ((out - batch["y"]) ** 2).mean()}
+
+
+def _data(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, generator=g), torch.randn(n, 1, generator=g)
+
+
+def test_two_accumulated_half_batches_equal_one_full_batch():
+    x, y = _data()
+    torch.manual_seed(0)
+    a = torch.nn.Linear(3, 1)
+    b = torch.nn.Linear(3, 1)
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.SGD(b.parameters(), lr=0.1)
+    train_step(a, {"x": x, "y": y}, opt_a, _mse, forward=_forward)
+    halves = [{"x": x[:4], "y": y[:4]}, {"x": x[4:], "y": y[4:]}]
+    run_steps(b, halves, opt_b, lambda i: _mse, forward=_forward, to_device=lambda d: d, n_steps=2, accumulate=2,
+              progress=False)  # fmt: skip
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+
+
+def test_clipping_bounds_the_update():
+    x, y = _data()
+    model = torch.nn.Linear(3, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    terms = train_step(model, {"x": x, "y": 100 * y}, torch.optim.SGD(model.parameters(), lr=1.0), _mse,
+                       forward=_forward, grad_clip=0.5)  # fmt: skip
+    with torch.no_grad():
+        step = torch.sqrt(sum(((p - q) ** 2).sum() for p, q in zip(model.parameters(), before, strict=True)))
+    assert terms["grad_norm"] > 0.5 and float(step) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run_with_advice():
+    x, y = _data()
+    model = torch.nn.Linear(3, 1)
+    nan = lambda out, b: {"total": out.sum() * float("nan")}  # noqa: E731
+    batches = [{"x": x, "y": y}] * 10
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TrainingDiverged, match="3 non-finite losses in a row .*lower experiment.lr"):
+        run_steps(model, batches, opt, lambda i: nan, forward=_forward, to_device=lambda d: d, n_steps=10,
+                  max_bad_steps=2, progress=False, advice="lower experiment.lr")  # fmt: skip
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    # one bad step among good ones is skipped and counted
+    flaky = lambda i: nan if i == 1 else _mse  # noqa: E731
+    stats = run_steps(model, batches, opt, flaky, forward=_forward, to_device=lambda d: d, n_steps=4, progress=False)
+    assert (stats.done, stats.skipped) == (3, 1)
+    assert issubclass(TrainingDiverged, RunFailed)
+
+
+def test_mixed_precision_is_off_on_the_cpu():
+    assert Precision.for_device(torch.device("cpu"), amp=True) == Precision()
