@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_sample import PERMISSIVE
 
 from precip_cvae.augment import AugmentedDataset, run_augment
 from precip_cvae.cli import main
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.errors import InputError
 from precip_cvae.sample import SampleOptions, run_sample
+from tests.cases import PERMISSIVE
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ def test_python_dash_m_runs_the_cli():
     assert result.returncode == 0 and "synth" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_in_a_subprocess(tmp_path):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--days", "120", "--hr-shape", "24", "20", "--lr-shape", "4", "3",

@@ -15,9 +15,7 @@ from precip_cvae.data.dataset import PreparedData
 from precip_cvae.errors import InputError
 from precip_cvae.quality import GateConfig
 from precip_cvae.sample import SampleOptions, run_sample, select_days
-
-PERMISSIVE = GateConfig(min_mass_ratio=0.0, max_mass_ratio=1e9, wet_margin=1.0, peak_factor=1e9,
-                        copy_correlation=2.0, min_diversity=0.0, min_variability=0.0)  # fmt: skip
+from tests.cases import PERMISSIVE
 
 
 def test_files_names_and_netcdf(trained, tmp_path):

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
 
 from precip_cvae.checkpoint import load_checkpoint
 from precip_cvae.config import load_config
 from precip_cvae.errors import InputError
 from precip_cvae.generator import build_model_from_checkpoint
 from precip_cvae.train import Trainer, collapse_alarms, fit, train_step
+from tests.cases import TINY_MODEL
 
 TINY = TINY_MODEL
 

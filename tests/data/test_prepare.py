@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import make_case, write_netcdf_case, write_srdrn_case
 
 from precip_cvae.cli import main
 from precip_cvae.data.netcdf import read_netcdf
 from precip_cvae.data.normalize import target_to_mm_per_day
 from precip_cvae.data.prepare import PrepareOptions, prepare
 from precip_cvae.data.srdrn import read_srdrn_directory
+from tests.cases import make_case, write_netcdf_case, write_srdrn_case
 
 TRAIN, TEST = "2000-01-01:2000-01-30", "2000-01-31:2000-02-09"  # 30 + 10 days of make_case()
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_case, write_netcdf_case
 
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.downstream.experiment import ARMS, ExperimentOptions, coarse_precipitation, run_experiment, verdict
+from tests.cases import make_case, write_netcdf_case
 
 
 def test_coarse_precipitation_by_hand(prepared):
@@ -29,11 +29,12 @@ def test_coarse_precipitation_by_hand(prepared):
     assert np.nanmax(np.where(covered, coarse, np.nan)[1:, :]) == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     import yaml
-    from test_sample import PERMISSIVE
 
     from precip_cvae.sample import SampleOptions, run_sample
+    from tests.cases import PERMISSIVE
 
     synth = tmp_path / "synth"
     run_sample(trained, SampleOptions(mode="prior", K=2, days="heavy_only"), PERMISSIVE, out_dir=synth, progress=False)
@@ -73,6 +74,7 @@ def test_verdict_says_when_a_difference_is_noise():
     assert "not distinguishable" in verdict(noisy)
 
 
+@pytest.mark.slow
 def test_planted_case_oversampling_beats_the_baseline_on_extremes(tmp_path):
     """Extremes that are learnable only from the rare heavy days: seeing them more often must help."""
     from precip_cvae.config import load_config

@@ -1,0 +1,114 @@
+"""The SRDRN port: any grid, non-crossing quantiles, gradients, statics, overfit one batch."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from precip_cvae.data.normalize import Normalization
+from precip_cvae.downstream.losses import (
+    weighted_mae,
+)
+from precip_cvae.downstream.srdrn import SRDRN, count_parameters, upsampling_factors
+
+GRIDS = [((5, 7), (19, 29)), ((13, 11), (156, 132)), ((8, 7), (96, 84)), ((3, 2), (24, 20)), ((1, 1), (9, 7))]
+
+
+def tiny(lr, hr, **kwargs) -> SRDRN:
+    return SRDRN(3, lr, hr, filters=8, n_blocks=2, **kwargs)
+
+
+@pytest.mark.parametrize(("lr", "hr"), GRIDS)
+@pytest.mark.parametrize("n_statics", [0, 2])
+def test_srdrn_shapes_on_odd_grids(lr, hr, n_statics):
+    torch.manual_seed(0)
+    model = tiny(lr, hr, n_statics=n_statics)
+    statics = torch.randn(1, n_statics, *hr) if n_statics else None  # batch 1, broadcast to the batch
+    out = model(torch.randn(2, 3, *lr), statics)
+    assert out.shape == (2, 1, *hr)
+    assert math.prod(model.factors) >= max(math.ceil(hr[0] / lr[0]), math.ceil(hr[1] / lr[1]))
+
+
+def test_upsampling_factors_are_the_smallest_product_of_twos_and_threes():
+    assert upsampling_factors((13, 11), (156, 132)) == (2, 2, 3)
+    assert upsampling_factors((5, 7), (19, 29)) == (2, 3)  # ratio 5 -> 6
+    assert upsampling_factors((1, 1), (9, 7)) == (3, 3)
+    assert upsampling_factors((2, 2), (14, 14)) == (2, 2, 2)  # ratio 7 -> 8
+    assert upsampling_factors((4, 4), (3, 4)) == ()  # only a crop
+
+
+def test_srdrn_gradients_reach_all_parameters():
+    torch.manual_seed(0)
+    model = tiny((5, 7), (19, 29), n_statics=2, n_outputs=3)
+    statics = torch.randn(1, 2, 19, 29)
+    out = model(torch.randn(4, 3, 5, 7), statics)
+    (out * torch.randn_like(out)).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_srdrn_statics_batch_matches_and_errors():
+    torch.manual_seed(0)
+    model = tiny((3, 2), (24, 20), n_statics=1).eval()
+    x = torch.randn(3, 3, 3, 2)
+    statics = torch.randn(1, 1, 24, 20)
+    assert torch.allclose(model(x, statics), model(x, statics.expand(3, -1, -1, -1)))
+    with pytest.raises(ValueError):
+        model(x)  # statics missing
+    with pytest.raises(ValueError):
+        model(x, torch.randn(2, 1, 24, 20))  # batch neither 1 nor B
+    with pytest.raises(ValueError):
+        tiny((3, 2), (24, 20))(x, statics)  # statics given to a model without
+    assert tiny((3, 2), (24, 20))(x, torch.zeros(1, 0, 24, 20)).shape == (3, 1, 24, 20)  # an empty stack is fine
+    with pytest.raises(ValueError):
+        model(torch.randn(3, 3, 4, 2), statics)  # wrong coarse grid
+
+
+def test_quantile_outputs_do_not_cross():
+    torch.manual_seed(0)
+    model = tiny((3, 2), (24, 20), n_outputs=4)
+    with torch.no_grad():
+        model.final.bias.copy_(torch.tensor([0.0, -30.0, 5.0, -5.0]))  # some increments softplus-tiny
+        out = model(3 * torch.randn(8, 3, 3, 2))
+    assert out.shape == (8, 4, 24, 20)
+    assert (out[:, 1:] >= out[:, :-1]).all()
+
+
+def test_single_output_has_no_activation():
+    model = tiny((3, 2), (24, 20))
+    with torch.no_grad():
+        model.final.weight.zero_()
+        model.final.bias.fill_(-5.0)
+        out = model(torch.randn(2, 3, 3, 2))
+    assert torch.allclose(out, torch.full_like(out, -5.0))
+
+
+def test_count_parameters():
+    model = tiny((3, 2), (24, 20))
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    model.final.requires_grad_(False)
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters()) - 8 * 81 - 1
+    assert count_parameters(model, trainable_only=False) == sum(p.numel() for p in model.parameters())
+
+
+def test_tiny_srdrn_overfits_one_batch():
+    torch.manual_seed(0)
+    model = SRDRN(2, (3, 3), (12, 12), filters=8, n_blocks=2)
+    x = torch.randn(4, 2, 3, 3)
+    mm = torch.distributions.Gamma(0.7, 0.1).sample((4, 1, 12, 12))  # mm/day, some above 10
+    norm = Normalization(np.full((12, 12), 1.0), np.full((12, 12), 1.2))
+    y = norm.to_z(mm)
+    mask = torch.ones(4, 1, 12, 12, dtype=torch.bool)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(300):
+        opt.zero_grad()
+        loss = weighted_mae(model(x), y, mask, norm)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert min(losses[-10:]) * 5 <= losses[0], (losses[0], losses[-10:])
