@@ -131,9 +131,7 @@ def run_sample(
                     verdicts = assess_day(
                         mm[b], data.target_mm(day), land, data.categories[f"{day:06d}"], climatology, gate
                     )
-                    stems = writer.add_day(
-                        day, data.date(day), inputs[b], z[b], mm[b], [v["accepted"] for v in verdicts]
-                    )
+                    stems = writer.add_day(day, data.date(day), inputs[b], z[b], mm[b], verdicts)
                     records.extend(
                         {"day": day, "sample": k, "file": name, **v}
                         for k, (name, v) in enumerate(zip(stems, verdicts, strict=True))

@@ -21,7 +21,9 @@ def test_written_samples_read_back_and_only_accepted_ones_are_listed(tmp_path):
             inputs = rng.normal(size=(2, 2, 3)).astype(np.float32)
             z = rng.normal(size=(K, H, W)).astype(np.float32)
             mm = np.expm1(np.abs(z))
-            stems = writer.add_day(day, "2001-02-03" if day == 7 else None, inputs, z, mm, verdicts)
+            stems = writer.add_day(
+                day, "2001-02-03" if day == 7 else None, inputs, z, mm, [{"accepted": ok} for ok in verdicts]
+            )
             assert stems == [stem(day, k) if ok else None for k, ok in enumerate(verdicts)]
             written[day] = (inputs, z, mm)
         records = [{"day": d, "sample": k, "accepted": ok} for d, v in days.items() for k, ok in enumerate(v)]
@@ -44,7 +46,12 @@ def test_written_samples_read_back_and_only_accepted_ones_are_listed(tmp_path):
 def test_a_listed_but_missing_file_is_named(tmp_path):
     with SampleWriter(tmp_path, 1, (2, 2), {}) as writer:
         writer.add_day(
-            3, None, np.zeros((1, 1, 1), np.float32), np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 2)), [True]
+            3,
+            None,
+            np.zeros((1, 1, 1), np.float32),
+            np.zeros((1, 2, 2), np.float32),
+            np.zeros((1, 2, 2)),
+            [{"accepted": True}],
         )
         writer.finish({"samples": [{"day": 3, "sample": 0, "accepted": True}]})
     (tmp_path / f"{stem(3, 0)}.X_lr_ref.npy").unlink()

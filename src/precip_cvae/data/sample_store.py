@@ -170,7 +170,7 @@ class SampleWriter:
         inputs: np.ndarray,
         z: np.ndarray,
         mm: np.ndarray,
-        accepted: list[bool],
+        verdicts: list[dict[str, Any]],
     ) -> list[str | None]:
         """Write the K samples of one day.
 
@@ -179,12 +179,13 @@ class SampleWriter:
         inputs : (C, h, w) normalized inputs of the real day
         z : (K, H, W) normalized samples (NaN outside the valid mask)
         mm : (K, H, W) the same in mm/day
-        accepted : (K,) the gate's verdicts
+        verdicts : (K,) the gate's verdict on each sample (``accepted`` and the numbers behind it)
 
         Returns
         -------
         The file stem of each accepted sample, None for a rejected one.
         """
+        accepted = [bool(v["accepted"]) for v in verdicts]
         stems: list[str | None] = []
         for k, ok in enumerate(accepted):
             name = stem(day, k)

@@ -19,6 +19,8 @@ one-shot function is the accumulator run once over the given arrays.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -249,3 +251,27 @@ class Mean(Sums):
 
     def compute(self) -> dict[str, Any]:
         return {self.name: _div(self.get("total"), self.get("weight"))}
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """What the accumulators of an ensemble evaluation are built from (see
+    :class:`~precip_cvae.metrics.scores.EnsembleScores`)."""
+
+    K: int
+    thresholds: dict[str, float]
+    pools: tuple[int, ...] = (4, 16)
+    fss_windows: tuple[int, ...] = (1, 5, 11)
+    quantiles: tuple[float, ...] = (0.95, 0.99, 0.999)
+    wet: float = 1.0
+    rng_seed: int = 0
+
+
+#: The scores of an ensemble evaluation, by name, in the order of metrics.json: each metrics module registers its own
+#: accumulators here, so a new score is one class and one :func:`ensemble_score` line in one module.
+ENSEMBLE_SCORES: dict[str, Callable[[EnsembleSettings], Accumulator]] = {}
+
+
+def ensemble_score(name: str, build: Callable[[EnsembleSettings], Accumulator]) -> None:
+    """Register an accumulator that :class:`~precip_cvae.metrics.scores.EnsembleScores` computes, under ``name``."""
+    ENSEMBLE_SCORES[name] = build

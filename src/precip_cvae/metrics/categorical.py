@@ -7,7 +7,7 @@ from typing import Any
 
 from numpy.typing import ArrayLike
 
-from precip_cvae.metrics._core import _CELLS, Accumulator, Fields, _div, _table, run_once
+from precip_cvae.metrics._core import _CELLS, Accumulator, Fields, _div, _table, ensemble_score, run_once
 
 
 class Categorical(Accumulator):
@@ -96,3 +96,6 @@ def sedi(table: dict[str, float]) -> float:
         return math.nan
     lf, lh, l1f, l1h = math.log(F), math.log(H), math.log1p(-F), math.log1p(-H)
     return (lf - lh - l1f + l1h) / (lf + lh + l1f + l1h)
+
+
+ensemble_score("categorical", lambda s: Categorical(s.thresholds))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from precip_cvae.metrics._core import Fields, Sums, _div, run_once
+from precip_cvae.metrics._core import Fields, Sums, _div, ensemble_score, run_once
 
 
 class Deterministic(Sums):
@@ -127,3 +127,6 @@ def mass_bias(pred: ArrayLike, obs: ArrayLike, mask: ArrayLike | None = None) ->
     float, mm/day (fields without a valid pixel are skipped)
     """
     return _once(pred, obs, mask)["mass_bias"]
+
+
+ensemble_score("deterministic", lambda s: Deterministic(tail=s.thresholds["P95"]))

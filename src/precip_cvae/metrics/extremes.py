@@ -18,6 +18,7 @@ from precip_cvae.metrics._core import (
     _mean,
     _q_label,
     _valid,
+    ensemble_score,
     run_once,
 )
 
@@ -185,3 +186,7 @@ def rx1day_bias(sim: ArrayLike, obs: ArrayLike, mask: ArrayLike | None = None) -
         raise ValueError("rx1day_bias needs obs (T, H, W)")
     fields = Fields.single(sim, obs, mask) if sim.shape == obs.shape else Fields(sim, obs, mask)
     return run_once(Rx1day(), fields)["Rx1day_bias"]
+
+
+ensemble_score("intensities", lambda s: Intensities(s.quantiles, s.wet))
+ensemble_score("rx1day", lambda s: Rx1day())

@@ -22,6 +22,7 @@ from precip_cvae.metrics._core import (
     _f64,
     _ranks,
     _valid,
+    ensemble_score,
     run_once,
 )
 
@@ -347,3 +348,10 @@ def spread_skill(ens: ArrayLike, obs: ArrayLike, mask: ArrayLike | None = None) 
     f = Fields(ens, obs, mask)
     out = run_once(SpreadSkill(f.K), f)
     return {"spread": out["spread"], "skill": out["skill"], "ratio": out["spread_skill_ratio"]}
+
+
+ensemble_score("crps", lambda s: CRPS())
+ensemble_score("twcrps", lambda s: TwCRPS(s.thresholds))
+ensemble_score("pooled_crps", lambda s: PooledCRPS(s.pools))
+ensemble_score("spread_skill", lambda s: SpreadSkill(s.K))
+ensemble_score("rank_histogram", lambda s: RankHistogram(s.K, s.rng_seed))

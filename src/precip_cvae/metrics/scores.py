@@ -8,13 +8,9 @@ from typing import Any
 
 from numpy.typing import ArrayLike
 
-from precip_cvae.metrics._core import Accumulator, Fields
-from precip_cvae.metrics.categorical import Categorical
-from precip_cvae.metrics.deterministic import Deterministic
-from precip_cvae.metrics.extremes import Intensities, Rx1day
-from precip_cvae.metrics.probabilistic import CRPS, PooledCRPS, RankHistogram, SpreadSkill, TwCRPS
-from precip_cvae.metrics.spatial import FSS
-from precip_cvae.metrics.spectral import Spectrum
+# the scoring modules register their accumulators (ENSEMBLE_SCORES) on import
+from precip_cvae.metrics import categorical, deterministic, extremes, probabilistic, spatial, spectral  # noqa: F401, I001
+from precip_cvae.metrics._core import ENSEMBLE_SCORES, Accumulator, EnsembleSettings, Fields
 
 
 class Scores(Mapping[str, Accumulator]):
@@ -79,10 +75,9 @@ class EnsembleScores(Scores):
     Notes
     -----
     The deterministic scores (``MAE_all``, ``MAE_tail``, ``RMSE_all``, ``mass_bias``) are those of the pixelwise
-    ensemble median; ``MAE_member`` is the MAE of one member, averaged over members. Keys of :meth:`compute` are those
-    of the accumulators (:class:`CRPS`, :class:`TwCRPS`, :class:`PooledCRPS`, :class:`Deterministic`,
-    :class:`SpreadSkill`, :class:`RankHistogram`, :class:`Intensities`, :class:`Categorical`, :class:`FSS`,
-    :class:`Rx1day`, :class:`Spectrum`) plus ``days``, ``pixels`` and ``K``.
+    ensemble median; ``MAE_member`` is the MAE of one member, averaged over members. The accumulators are those the
+    metrics modules register (:data:`~precip_cvae.metrics._core.ENSEMBLE_SCORES`); keys of :meth:`compute` are
+    theirs plus ``days``, ``pixels`` and ``K``.
     """
 
     def __init__(
@@ -101,21 +96,11 @@ class EnsembleScores(Scores):
         if missing:
             raise ValueError(f"thresholds lacks {sorted(missing)}")
         self.K = int(K)
-        super().__init__(
-            {
-                "crps": CRPS(),
-                "twcrps": TwCRPS(thresholds),
-                "pooled_crps": PooledCRPS(pools),
-                "deterministic": Deterministic(tail=thresholds["P95"]),
-                "spread_skill": SpreadSkill(K),
-                "rank_histogram": RankHistogram(K, rng_seed),
-                "intensities": Intensities(quantiles, wet),
-                "categorical": Categorical(thresholds),
-                "fss": FSS(thresholds, fss_windows),
-                "rx1day": Rx1day(),
-                "spectrum": Spectrum(),
-            }
-        )
+        settings = EnsembleSettings(
+            self.K, {str(k): float(v) for k, v in thresholds.items()}, tuple(pools), tuple(fss_windows),
+            tuple(quantiles), float(wet), int(rng_seed),
+        )  # fmt: skip
+        super().__init__({name: build(settings) for name, build in ENSEMBLE_SCORES.items()})
 
     def accumulate(self, ens: ArrayLike, obs: ArrayLike, mask: ArrayLike | None = None) -> None:
         """Add one day: ``ens`` (K, H, W) mm/day, ``obs`` (H, W) mm/day, ``mask`` (H, W) bool or None."""

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.ndimage import uniform_filter
 
-from precip_cvae.metrics._core import Fields, Sums, _check_same, _div, _f64, _mean, _valid
+from precip_cvae.metrics._core import Fields, Sums, _check_same, _div, _f64, _mean, _valid, ensemble_score
 
 
 def _fractions(binary: np.ndarray, window: int) -> np.ndarray:
@@ -105,3 +105,6 @@ def fss(
     num, den = np.atleast_1d(num), np.atleast_1d(den)
     keep = den > 0
     return _mean(1.0 - num[keep] / den[keep])
+
+
+ensemble_score("fss", lambda s: FSS(s.thresholds, s.fss_windows))

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from precip_cvae.metrics._core import Accumulator, Fields, _f64, _mean
+from precip_cvae.metrics._core import Accumulator, Fields, _f64, _mean, ensemble_score
 
 #: Wavelength bands of :func:`spectrum_log_ratio` used by :class:`EnsembleScores`, in cycles per pixel:
 #: large scales (wavelength > 16 px), medium (4-16 px), small (< 4 px).
@@ -146,3 +146,6 @@ def spectrum_log_ratio(
     ok = (sim > 0) & (obs > 0) & np.isfinite(sim) & np.isfinite(obs)
     log_ratio = np.log10(np.where(ok, sim, 1.0) / np.where(ok, obs, 1.0))
     return [_mean(log_ratio[ok & (freqs >= lo) & (freqs < hi)]) for lo, hi in bands]
+
+
+ensemble_score("spectrum", lambda s: Spectrum())
