@@ -11,7 +11,9 @@ import torch
 from precip_cvae.data.normalize import Normalization, target_to_normalized, threshold_to_normalized
 from precip_cvae.losses import (
     LossWeights,
+    almost_fair_crps,
     cvae_loss,
+    ensemble_crps,
     kl_divergence,
     kl_weight,
     masked_mean,
@@ -130,3 +132,59 @@ def test_total_loss_combines_the_terms():
     expected = terms["MAE_all"] + 3.0 * terms["MAE_ext"] + 0.1 * terms["L_mass"] + 0.25 * terms["L_kl"]
     assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-6)
     assert float(terms["L_kl"]) == pytest.approx(0.5 * float((out["mu"] ** 2).sum(1).mean()), rel=1e-6)
+
+
+def _afcrps_float64(members: np.ndarray, target: np.ndarray, alpha: float) -> np.ndarray:
+    """Reference: alpha * fair CRPS + (1 - alpha) * CRPS of the empirical distribution, pointwise, float64."""
+    M = members.shape[0]
+    skill = np.abs(members - target).mean(axis=0)
+    pairs = np.abs(members[:, None] - members[None]).sum(axis=(0, 1))
+    return alpha * (skill - pairs / (2 * M * (M - 1))) + (1 - alpha) * (skill - pairs / (2 * M * M))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.95, 1.0])
+def test_almost_fair_crps_against_a_float64_reference_and_scoringrules(alpha):
+    rng = np.random.default_rng(4)
+    members = rng.gamma(0.8, 3.0, (3, 5, 6, 7))  # (B, M, H, W)
+    target = rng.gamma(0.8, 3.0, (3, 6, 7))
+    mask = rng.random((3, 6, 7)) < 0.8
+    got = almost_fair_crps(torch.from_numpy(members), torch.from_numpy(target), torch.from_numpy(mask), alpha)
+    ref = _afcrps_float64(np.moveaxis(members, 1, 0), target, alpha)[mask].mean()
+    assert float(got) == pytest.approx(ref, rel=1e-12)
+    sr = pytest.importorskip("scoringrules")
+    if alpha in (0.0, 1.0):  # the two ends are scoringrules' estimators
+        estimator = "fair" if alpha == 1.0 else "nrg"
+        lib = sr.crps_ensemble(target, np.moveaxis(members, 1, -1), estimator=estimator)[mask].mean()
+        assert float(got) == pytest.approx(lib, rel=1e-10)
+
+
+def test_almost_fair_crps_keeps_two_members_from_drifting_apart():
+    # With M = 2 the fair CRPS of members at y - d and y + d is the same for every d <= |y - x| spread: no penalty
+    # for drifting apart. The almost-fair one (alpha < 1) is lowest when the members sit on the observation.
+    y = torch.zeros(1, 1)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+
+    def score(d, alpha):
+        return float(almost_fair_crps(torch.tensor([[[-d], [d]]]), y, mask, alpha))
+
+    assert score(0.0, 1.0) == pytest.approx(score(1.0, 1.0)) == pytest.approx(0.0)
+    assert score(0.0, 0.95) < score(0.5, 0.95) < score(1.0, 0.95)
+
+
+def test_pooled_crps_term_by_hand():
+    # One day, 2 members, a 2 x 4 grid in 2 x 2 blocks: block means (0, 2) and (2, 0) vs observed (1, 1). With
+    # alpha = 0 (the empirical CRPS) each block scores mean |x - y| - sum |x_j - x_k| / (2 M^2) = 1 - 4 / 8.
+    members = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0]])
+    members = torch.stack([members, members.flip(-1)])[None, :, None]  # (1, 2, 1, 2, 4)
+    target = torch.ones(1, 1, 2, 4)
+    mask = torch.ones(1, 1, 2, 4, dtype=torch.bool)
+    pooled = ensemble_crps(members, target, mask, alpha=0.0, pools=(2,))
+    assert float(pooled) == pytest.approx(0.5)
+    both = ensemble_crps(members, target, mask, alpha=0.0, pools=(1, 2))
+    assert float(both) == pytest.approx(float(pooled) + float(almost_fair_crps(members, target, mask, 0.0)))
+    # a block with fewer than half of its pixels valid does not count; one with 3 of 4 does, over those 3
+    mask[..., :, :2] = False
+    mask[..., 0, 2] = False
+    assert float(ensemble_crps(members, target, mask, 0.0, (2,))) == pytest.approx(0.5)
+    members[0, 0, 0, 1, 2] = 5.0  # a valid pixel of the counted block: its mean moves to (5 + 2 + 2) / 3 = 3
+    assert float(ensemble_crps(members, target, mask, 0.0, (2,))) == pytest.approx((2 + 1) / 2 - 3 / 4)

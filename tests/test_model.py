@@ -198,3 +198,24 @@ def test_count_parameters_and_flops():
         assert isinstance(flops[base], int) and flops[base] > 0
         assert model.training  # the train/eval state is restored
     assert flops[8] > 2 * flops[4]
+
+
+@pytest.mark.parametrize(("lr_shape", "hr_shape"), [((5, 7), (19, 29)), ((1, 1), (37, 23))])
+def test_prior_draws_for_the_ensemble_term_carry_gradients_to_the_prior(lr_shape, hr_shape):
+    model = make_model(lr_shape, hr_shape, prior="conditional", decoder_statics=True)
+    inputs, target, statics = make_batch(lr_shape, hr_shape, batch=3)
+    g = torch.Generator().manual_seed(2)
+    out = model(inputs, target, statics, generator=g, n_prior=4)
+    assert out["prior_samples"].shape == (3, 4, 1, *hr_shape) and torch.isfinite(out["prior_samples"]).all()
+    out["prior_samples"].abs().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.prior_net.parameters())
+    assert all(p.grad is None for p in model.encoder_y.parameters())  # the posterior plays no part in them
+    # the draws are those `sample` makes from the prior with the same noise (after the posterior's draw)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    model.eval()
+    with torch.no_grad():
+        drawn = model(inputs, target, statics, generator=g1, n_prior=3)["prior_samples"]
+        _ = torch.randn((3, SMALL.d_z), generator=g2)  # the posterior sample of forward
+        sampled = model.sample(inputs, statics, n_samples=3, mode="prior", generator=g2)
+    torch.testing.assert_close(drawn, sampled)
+    assert "prior_samples" not in model(inputs, target, statics)

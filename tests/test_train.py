@@ -141,3 +141,20 @@ def test_overwrite_leaves_nothing_of_the_previous_run(prepared, tmp_path):
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
     assert names == ["cvae_best.pt", "cvae_epoch_001.pt", "cvae_last.pt"]
     assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "logs" / "train_log.csv"))] == ["1"]
+
+
+def test_the_ensemble_crps_term_trains_and_is_logged(prepared, tmp_path):
+    config = _config(prepared, tmp_path, "train.epochs=2", "loss.crps_weight=1.0", "loss.crps_members=3",
+                     "loss.crps_pools=[1,2]")  # fmt: skip
+    result = fit(config, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "logs" / "train_log.csv")))
+    assert all(float(r["train_L_crps"]) > 0 and float(r["val_L_crps"]) > 0 for r in rows)
+    assert result["last_row"]["train_L_crps"] > 0
+    trainer = Trainer(config, progress=False)
+    batch = trainer.to_device(next(iter(trainer.train_loader(0))))
+    terms = trainer.loss_fn(0.0)(trainer.forward(trainer.model, batch, None), batch)
+    expected = terms["L_rec"] + 0.1 * terms["L_mass"] + 1.0 * terms["L_crps"]
+    assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-6)
+    # off by default: the reference's loss, no prior draws
+    plain = Trainer(_config(prepared, tmp_path / "plain"), progress=False)
+    assert plain.n_prior == 0 and "prior_samples" not in plain.forward(plain.model, batch, None)

@@ -52,6 +52,11 @@ class LossConfig:
 
     ``extreme_threshold``: which threshold marks extreme pixels — a key of thresholds.json ("P95",
     "P99", "P99.9") or a number in mm/day. ``free_bits``: nats per latent dimension not penalized.
+
+    The proper-scoring ensemble term (off with ``crps_weight`` 0, the reference's loss): each step also decodes
+    ``crps_members`` draws from the prior and adds ``crps_weight`` times their almost-fair CRPS (``crps_alpha``; 1 is
+    the fair CRPS) against the observation, in normalized units, per pixel and on block means of each side in
+    ``crps_pools`` (1 = pixels), so spread and spatial structure are rewarded, not only pixel accuracy.
     """
 
     lambda_base: float = 1.0
@@ -60,6 +65,10 @@ class LossConfig:
     beta_kl: float = 0.5
     extreme_threshold: str | float = "P95"
     free_bits: float = 0.0
+    crps_weight: float = 0.0
+    crps_members: int = 4
+    crps_alpha: float = 0.95
+    crps_pools: tuple[int, ...] = (1, 4)
 
 
 @dataclass(frozen=True)
@@ -90,8 +99,8 @@ class TrainConfig:
 
 #: The columns of ``train_log.csv``; ``train.select_metric`` must be one of them (a ``val_`` one, normally).
 TRAIN_LOG_COLUMNS = (
-    "epoch", "train_loss", "train_L_rec", "train_L_mass", "train_L_kl",
-    "val_loss", "val_L_rec", "val_L_mass", "val_L_kl",
+    "epoch", "train_loss", "train_L_rec", "train_L_mass", "train_L_kl", "train_L_crps",
+    "val_loss", "val_L_rec", "val_L_mass", "val_L_kl", "val_L_crps",
     "val_MAE_all", "val_MAE_member", "val_MAE_tail", "val_RMSE_all", "val_mass_bias", "val_rec_MAE_tail", "val_CRPS",
     "val_twCRPS_P95", "val_heavy_twCRPS_P95",
     "val_active_units", "val_sample_spread_mm", "val_wet_fraction_samples", "val_wet_fraction_obs",
@@ -360,6 +369,10 @@ def validate(config: Config) -> None:
         ("model.d_y", config.model.d_y >= 1),
         ("loss.beta_kl", config.loss.beta_kl >= 0),
         ("loss.free_bits", config.loss.free_bits >= 0),
+        ("loss.crps_weight", config.loss.crps_weight >= 0),
+        ("loss.crps_members", config.loss.crps_members >= 2),
+        ("loss.crps_alpha", 0 <= config.loss.crps_alpha <= 1),
+        ("loss.crps_pools", len(config.loss.crps_pools) >= 1 and all(p >= 1 for p in config.loss.crps_pools)),
         ("sampling.K", config.sampling.K >= 1),
         ("sampling.temperature", config.sampling.temperature > 0),
         ("sampling.min_threshold", config.sampling.min_threshold is None or config.sampling.min_threshold >= 0),

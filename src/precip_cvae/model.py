@@ -522,14 +522,38 @@ class CVAE(nn.Module):
 
     # -- training and sampling --
 
+    def _decode_draws(
+        self,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        h_x: torch.Tensor,
+        statics: torch.Tensor | None,
+        n: int,
+        temperature: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Decode ``n`` reparameterized draws of N(mu, temperature^2 exp(logvar)) per day: (B, n, 1, H, W)."""
+        B = mu.shape[0]
+        eps = _gaussian_noise((B, n, self.d_z), mu, generator)
+        z = mu[:, None] + temperature * torch.exp(0.5 * logvar)[:, None] * eps
+        # Decode all B * n draws as one batch; day b's draws are rows b*n ... b*n + n-1.
+        h_rep = h_x.repeat_interleave(n, dim=0)
+        statics_rep = None
+        if self.decoder.use_statics:
+            statics_rep = self._statics(statics, B).repeat_interleave(n, dim=0)
+        out = self.decoder(z.reshape(B * n, self.d_z), h_rep, statics_rep)
+        return out.view(B, n, 1, *self.hr_shape)
+
     def forward(
         self,
         inputs: torch.Tensor,
         target: torch.Tensor,
         statics: torch.Tensor | None,
         generator: torch.Generator | None = None,
+        n_prior: int = 0,
     ) -> dict[str, torch.Tensor]:
-        """Training pass: encode, draw one reparameterized posterior sample, decode it.
+        """Training pass: encode, draw one reparameterized posterior sample, decode it; with ``n_prior`` > 0 also
+        decode that many reparameterized prior draws per day (for an ensemble loss term).
 
         Parameters
         ----------
@@ -537,18 +561,20 @@ class CVAE(nn.Module):
         target : (B, 1, H, W) normalized precipitation (invalid pixels = 0).
         statics : (B or 1, S_ch, H, W), or None when the model has no statics.
         generator : source of the reparameterization noise (default: the global RNG).
+        n_prior : prior draws decoded per day (0: none).
 
         Returns
         -------
         dict with "recon" (B, 1, H, W) normalized; "mu", "logvar" (B, d_z) of the posterior; "prior_mu",
-        "prior_logvar" (B, d_z); "z" (B, d_z) the sample that was decoded.
+        "prior_logvar" (B, d_z); "z" (B, d_z) the sample that was decoded; with ``n_prior`` > 0, "prior_samples"
+        (B, n_prior, 1, H, W) normalized.
         """
         h_x = self.encode_x(inputs)
         mu, logvar = self.posterior(target, statics, h_x)
         prior_mu, prior_logvar = self.prior(h_x)
         z = mu + torch.exp(0.5 * logvar) * _gaussian_noise(tuple(mu.shape), mu, generator)
         recon = self.decode(z, h_x, statics)
-        return {
+        out = {
             "recon": recon,
             "mu": mu,
             "logvar": logvar,
@@ -556,6 +582,9 @@ class CVAE(nn.Module):
             "prior_logvar": prior_logvar,
             "z": z,
         }
+        if n_prior > 0:
+            out["prior_samples"] = self._decode_draws(prior_mu, prior_logvar, h_x, statics, n_prior, 1.0, generator)
+        return out
 
     def sample(
         self,
@@ -597,16 +626,7 @@ class CVAE(nn.Module):
             mu, logvar = self.posterior(target, statics, h_x)
         else:
             raise ValueError(f"mode must be 'prior' or 'posterior', got {mode!r}")
-        B = mu.shape[0]
-        eps = _gaussian_noise((B, n_samples, self.d_z), mu, generator)
-        z = mu[:, None] + temperature * torch.exp(0.5 * logvar)[:, None] * eps
-        # Decode all B * K draws as one batch; day b's samples are rows b*K ... b*K + K-1.
-        h_rep = h_x.repeat_interleave(n_samples, dim=0)
-        statics_rep = None
-        if self.decoder.use_statics:
-            statics_rep = self._statics(statics, B).repeat_interleave(n_samples, dim=0)
-        out = self.decoder(z.reshape(B * n_samples, self.d_z), h_rep, statics_rep)
-        return out.view(B, n_samples, 1, *self.hr_shape)
+        return self._decode_draws(mu, logvar, h_x, statics, n_samples, temperature, generator)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -35,9 +35,10 @@ WET_MM_PER_DAY = 0.1
 VALIDATION_SCORES = ("MAE_all", "MAE_member", "MAE_tail", "RMSE_all", "mass_bias", "CRPS", "twCRPS_P95")
 
 
-def cvae_forward(model: torch.nn.Module, batch: dict, generator: torch.Generator | None) -> dict:
-    """The cVAE's training forward pass (posterior sample, reconstruction, prior parameters)."""
-    return model(batch["inputs"], batch["target"], batch["statics"], generator=generator)
+def cvae_forward(model: torch.nn.Module, batch: dict, generator: torch.Generator | None, n_prior: int = 0) -> dict:
+    """The cVAE's training forward pass (posterior sample, reconstruction, prior parameters; ``n_prior`` prior draws
+    for the ensemble term)."""
+    return model(batch["inputs"], batch["target"], batch["statics"], generator=generator, n_prior=n_prior)
 
 
 def train_step(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer, loss_fn, **kwargs):
@@ -87,11 +88,16 @@ class Trainer:
         self.threshold_z = torch.from_numpy(self.data.threshold_z(config.loss.extreme_threshold)).to(d)
         self.normalization = self.data.normalization
         self.p95_mm = self.data.thresholds_mm["P95"]
+        lo = config.loss
         self.weights = LossWeights(
-            config.loss.lambda_base, config.loss.lambda_ext, config.loss.lambda_mass, config.loss.free_bits
+            lo.lambda_base, lo.lambda_ext, lo.lambda_mass, lo.free_bits, lo.crps_weight, lo.crps_alpha, lo.crps_pools
         )
+        self.n_prior = lo.crps_members if lo.crps_weight > 0 else 0
 
     # -- pieces ------------------------------------------------------------------------------------
+    def forward(self, model: torch.nn.Module, batch: dict, generator: torch.Generator | None) -> dict:
+        return cvae_forward(model, batch, generator, self.n_prior)
+
     def loss_fn(self, beta: float) -> Callable[[dict, dict], dict]:
         """The loss of a (model output, batch) pair with KL weight ``beta``."""
 
@@ -137,7 +143,7 @@ class Trainer:
             return kl_weight(epoch + i / n_batches, self.config.loss.beta_kl, t.warmup_epochs)
 
         stats = loop.run_steps(
-            self.model, loader, self.optimizer, lambda i: self.loss_fn(beta_at(i)), forward=cvae_forward,
+            self.model, loader, self.optimizer, lambda i: self.loss_fn(beta_at(i)), forward=self.forward,
             to_device=self.to_device, n_steps=n_batches, precision=self.precision, accumulate=t.accumulate,
             grad_clip=t.grad_clip, max_bad_steps=t.max_bad_steps, generator=self.noise,
             desc=f"epoch {epoch + 1}/{t.epochs}", progress=self.progress,
@@ -149,6 +155,7 @@ class Trainer:
             "train_L_rec": mean["L_rec"],
             "train_L_mass": mean["L_mass"],
             "train_L_kl": mean["L_kl"],
+            "train_L_crps": mean["L_crps"],
             "beta": beta,
             "lr": lr,
             "skipped_steps": skipped,
@@ -164,7 +171,7 @@ class Trainer:
         loader = DataLoader(
             self.val_set, batch_size=t.batch_size, shuffle=False, num_workers=self.config.data.num_workers
         )
-        acc = {k: 0.0 for k in ("loss", "L_rec", "L_mass", "L_kl")}
+        acc = {k: 0.0 for k in ("loss", "L_rec", "L_mass", "L_kl", "L_crps")}
         diag = dict.fromkeys(("spread", "spread_n", "std_s", "std_o"), 0.0)  # collapse diagnostics
         p95 = {"P95": self.p95_mm}
         # the same accumulators and names as `evaluate`'s metrics.json
@@ -179,12 +186,12 @@ class Trainer:
         loss_fn = self.loss_fn(beta)
         for batch in loader:
             b = self.to_device(batch)
-            out = self.model(b["inputs"], b["target"], b["statics"], generator=gen)
+            out = self.forward(self.model, b, gen)
             terms = loss_fn(out, b)
             size = b["target"].shape[0]
             n_days += size
-            for k, key in (("loss", "total"), ("L_rec", "L_rec"), ("L_mass", "L_mass"), ("L_kl", "L_kl")):
-                acc[k] += float(terms[key]) * size
+            for k in acc:
+                acc[k] += float(terms["total" if k == "loss" else k]) * size
             mus.append(out["mu"].float().cpu())
             obs = self.normalization.to_mm(b["target"])
             mask, land = b["mask"], b["land"]
@@ -214,6 +221,7 @@ class Trainer:
             "val_L_rec": acc["L_rec"] / n_days,
             "val_L_mass": acc["L_mass"] / n_days,
             "val_L_kl": acc["L_kl"] / n_days,
+            "val_L_crps": acc["L_crps"] / n_days,
             **{f"val_{key}": scores[key] for key in VALIDATION_SCORES},
             "val_rec_MAE_tail": recon_scores.compute()["MAE_tail"],
             "val_heavy_twCRPS_P95": heavy["twCRPS_P95"],
