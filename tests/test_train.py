@@ -152,7 +152,8 @@ def test_the_ensemble_crps_term_trains_and_is_logged(prepared, tmp_path):
     assert result["last_row"]["train_L_crps"] > 0
     trainer = Trainer(config, progress=False)
     batch = trainer.to_device(next(iter(trainer.train_loader(0))))
-    terms = trainer.loss_fn(0.0)(trainer.forward(trainer.model, batch, None), batch)
+    with torch.no_grad():
+        terms = trainer.loss_fn(0.0)(trainer.forward(trainer.model, batch, None), batch)
     expected = terms["L_rec"] + 0.1 * terms["L_mass"] + 1.0 * terms["L_crps"]
     assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-6)
     # off by default: the reference's loss, no prior draws

@@ -645,8 +645,10 @@ def flops_per_sample(
     n_statics: int,
     lr_shape: tuple[int, int],
     hr_shape: tuple[int, int],
+    n_prior: int = 0,
 ) -> int:
-    """Floating-point operations of one training forward pass (``model.forward``) for a batch of one day.
+    """Floating-point operations of one training forward pass (``model.forward``, with ``n_prior`` prior draws for an
+    ensemble loss term) for a batch of one day.
 
     Counted by :class:`torch.utils.flop_counter.FlopCounterMode`, which counts matrix products and convolutions
     (2 FLOPs per multiply-add) and ignores element-wise work (norms, activations, interpolation). A backward
@@ -672,7 +674,7 @@ def flops_per_sample(
     try:
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
-            model(inputs, target, statics)
+            model(inputs, target, statics, n_prior=n_prior)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
