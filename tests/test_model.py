@@ -219,3 +219,47 @@ def test_prior_draws_for_the_ensemble_term_carry_gradients_to_the_prior(lr_shape
         sampled = model.sample(inputs, statics, n_samples=3, mode="prior", generator=g2)
     torch.testing.assert_close(drawn, sampled)
     assert "prior_samples" not in model(inputs, target, statics)
+
+
+@pytest.mark.parametrize(("lr_shape", "hr_shape", "scales"), [((5, 7), (37, 29), (4, 2)), ((4, 3), (96, 84), (8,)),
+                                                              ((3, 2), (24, 20), (2, 1))])  # fmt: skip
+def test_spatial_latents_shapes_kl_and_sampling_on_odd_grids(lr_shape, hr_shape, scales):
+    model = make_model(lr_shape, hr_shape, prior="conditional", latent_scales=scales, latent_channels=3)
+    inputs, target, statics = make_batch(lr_shape, hr_shape, batch=2)
+    out = model(inputs, target, statics, generator=torch.Generator().manual_seed(0), n_prior=2)
+    assert out["recon"].shape == (2, 1, *hr_shape) and out["prior_samples"].shape == (2, 2, 1, *hr_shape)
+    assert sorted(out["scale_kl"]) == sorted(scales)
+    for factor, kl in out["scale_kl"].items():
+        assert kl.shape == (2, 3) and (kl >= -1e-4).all()
+        assert out["scale_pixels"][factor] >= (hr_shape[0] // factor) * (hr_shape[1] // factor)
+    out["recon"].abs().mean().backward()
+    for latent in model.decoder.latents.values():  # the posterior path trains every spatial latent's layers
+        assert latent.posterior.weight.grad is not None and latent.inject.weight.grad is not None
+    with torch.no_grad():
+        for mode in ("prior", "posterior"):
+            a = model.sample(inputs, statics, 3, mode=mode, target=target, generator=torch.Generator().manual_seed(4))
+            b = model.sample(inputs, statics, 3, mode=mode, target=target, generator=torch.Generator().manual_seed(4))
+            assert a.shape == (2, 3, 1, *hr_shape) and torch.equal(a, b)
+            assert (a[:, 0] - a[:, 1]).abs().mean() > 0  # the latent maps make draws differ
+
+
+def test_spatial_latent_kl_matches_the_gaussian_formula_in_float64():
+    from precip_cvae.model import SpatialContext, SpatialLatent
+
+    torch.manual_seed(1)
+    layer = SpatialLatent(channels=6, encoder_channels=5, latent_channels=2, factor=4).double()
+    x, enc = torch.randn(3, 6, 7, 9, dtype=torch.float64), torch.randn(3, 5, 6, 9, dtype=torch.float64)
+    context = SpatialContext([enc], generator=torch.Generator().manual_seed(0))
+    layer(x, 0, context)
+    p_mu, p_logvar = layer.prior(x).chunk(2, dim=1)
+    q_mu, q_logvar = layer.posterior(torch.cat([x, torch.nn.functional.pad(enc, (0, 0, 0, 1))], 1)).chunk(2, dim=1)
+    q = torch.distributions.Normal(q_mu, (0.5 * q_logvar).exp())
+    p = torch.distributions.Normal(p_mu, (0.5 * p_logvar).exp())
+    expected = torch.distributions.kl_divergence(q, p).sum(dim=(2, 3))
+    torch.testing.assert_close(context.kl[4], expected.float(), rtol=1e-5, atol=1e-5)
+    assert context.pixels[4] == 7 * 9
+
+
+def test_a_latent_scale_the_grid_cannot_hold_is_a_clear_error():
+    with pytest.raises(ValueError, match="model.latent_scales: 16"):
+        make_model((4, 3), (24, 20), latent_scales=(16,))

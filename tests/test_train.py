@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from precip_cvae import loop
 from precip_cvae.checkpoint import load_checkpoint
 from precip_cvae.config import load_config
 from precip_cvae.errors import InputError
@@ -25,14 +26,19 @@ def _config(data: Path, out: Path, *extra: str):
     return load_config(None, [f"data.data_root={data}", f"data.outputs_root={out}", *TINY, *extra])
 
 
-def test_overfit_one_batch(prepared, tmp_path):
-    config = _config(prepared, tmp_path, "model.base_filters=8", "model.d_z=8")
+@pytest.mark.parametrize(
+    "variant",
+    [[], ["model.latent_scales=[2,1]", "loss.crps_weight=1.0", "loss.crps_members=2"]],
+    ids=["reference", "spatial+crps"],
+)
+def test_overfit_one_batch(prepared, tmp_path, variant):
+    config = _config(prepared, tmp_path, "model.base_filters=8", "model.d_z=8", *variant)
     trainer = Trainer(config, progress=False)
     batch = trainer.to_device(next(iter(trainer.train_loader(0))))
     opt = torch.optim.Adam(trainer.model.parameters(), lr=3e-3)
-    first = train_step(trainer.model, batch, opt, trainer.loss_fn(0.0))["total"]
+    first = loop.train_step(trainer.model, batch, opt, trainer.loss_fn(0.0), forward=trainer.forward)["total"]
     for _ in range(250):
-        last = train_step(trainer.model, batch, opt, trainer.loss_fn(0.0))["total"]
+        last = loop.train_step(trainer.model, batch, opt, trainer.loss_fn(0.0), forward=trainer.forward)["total"]
     assert last < first / 5, (first, last)
 
 
@@ -159,3 +165,23 @@ def test_the_ensemble_crps_term_trains_and_is_logged(prepared, tmp_path):
     # off by default: the reference's loss, no prior draws
     plain = Trainer(_config(prepared, tmp_path / "plain"), progress=False)
     assert plain.n_prior == 0 and "prior_samples" not in plain.forward(plain.model, batch, None)
+
+
+def test_spatial_latents_train_and_log_per_scale(prepared, tmp_path):
+    config = _config(prepared, tmp_path, "train.epochs=2", "model.latent_scales=[2]", "model.latent_channels=3",
+                     "loss.beta_kl=0.0005")  # fmt: skip
+    fit(config, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "logs" / "train_log.csv")))
+    for row in rows:
+        assert row["train_L_kl_scales"].startswith("x2:") and row["val_L_kl_scales"].startswith("x2:")
+        active = row["val_active_scales"]
+        assert active.startswith("x2:") and active.endswith("/3")
+        assert float(row["val_L_kl"]) >= float(row["val_L_kl_scales"][3:]) - 1e-3  # the scale's KL is part of it
+    state = torch.load(tmp_path / "checkpoints" / "cvae_best.pt", weights_only=True)
+    assert any(k.startswith("decoder.latents.") for k in state["model_state_dict"])
+
+
+def test_a_collapsed_latent_scale_raises_the_alarm():
+    row = {"val_active_units": 3, "val_sample_spread_mm": 1.0, "val_wet_fraction_samples": 0.5,
+           "val_wet_fraction_obs": 0.5, "val_spatial_std_ratio": 1.0, "val_active_scales": "x8:0/4;x4:2/4"}  # fmt: skip
+    assert collapse_alarms(row, 2.0, 8) == ["posterior collapse at scale x8: 0 of 4 latent maps active"]

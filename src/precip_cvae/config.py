@@ -34,6 +34,11 @@ class ModelConfig:
 
     ``prior``: "standard" (the reference's N(0, I)) or "conditional" (a learned p(z | X_lr), so that
     prior-mode samples depend on the day). ``decoder_statics``: give the static maps to the decoder too.
+
+    ``latent_scales``: spatial latents (empty: none, the reference). For each factor f (a power of 2, e.g. 8 and 4),
+    a map of ``latent_channels`` Gaussian latents on the grid coarsened f times is drawn inside the decoder, top-down,
+    with a posterior and a conditional prior of its own (a small hierarchical VAE in the spirit of NVAE), so that
+    small-scale structure is drawn rather than averaged.
     """
 
     d_z: int = 64
@@ -43,6 +48,8 @@ class ModelConfig:
     prior: str = "standard"
     decoder_statics: bool = False
     dropout: float = 0.0
+    latent_scales: tuple[int, ...] = ()
+    latent_channels: int = 4
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,10 @@ TRAIN_LOG_COLUMNS = (
     "val_twCRPS_P95", "val_heavy_twCRPS_P95",
     "val_active_units", "val_sample_spread_mm", "val_wet_fraction_samples", "val_wet_fraction_obs",
     "val_spatial_std_ratio", "beta", "lr", "seconds", "skipped_steps", "alarms",
+    "train_L_kl_scales", "val_L_kl_scales", "val_active_scales",
 )  # fmt: skip
+#: Log columns that hold text (per-scale values of spatial latents, alarms), not one number.
+TEXT_LOG_COLUMNS = ("epoch", "alarms", "train_L_kl_scales", "val_L_kl_scales", "val_active_scales")
 #: Log columns where a larger value is better (for best-checkpoint selection).
 HIGHER_IS_BETTER = ("val_active_units", "val_sample_spread_mm")
 
@@ -232,7 +242,7 @@ class Config:
 _CHOICES = {
     "model.prior": ("standard", "conditional"),
     "train.schedule": ("constant", "cosine"),
-    "train.select_metric": tuple(c for c in TRAIN_LOG_COLUMNS if c not in ("epoch", "alarms")),
+    "train.select_metric": tuple(c for c in TRAIN_LOG_COLUMNS if c not in TEXT_LOG_COLUMNS),
     "sampling.mode": ("posterior", "prior"),
     "evaluate.split": ("test", "val", "train"),
     "evaluate.mode": ("prior", "posterior"),
@@ -367,6 +377,8 @@ def validate(config: Config) -> None:
         ("model.base_filters", config.model.base_filters >= 1),
         ("model.d_x", config.model.d_x >= 1),
         ("model.d_y", config.model.d_y >= 1),
+        ("model.latent_scales", all(f >= 1 and f & (f - 1) == 0 for f in config.model.latent_scales)),
+        ("model.latent_channels", config.model.latent_channels >= 1),
         ("loss.beta_kl", config.loss.beta_kl >= 0),
         ("loss.free_bits", config.loss.free_bits >= 0),
         ("loss.crps_weight", config.loss.crps_weight >= 0),

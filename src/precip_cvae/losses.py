@@ -221,7 +221,8 @@ def cvae_loss(
 
     Returns
     -------
-    dict with "total", "L_rec", "L_mass", "L_kl", "MAE_all", "MAE_ext" (scalars) and "kl_per_dim".
+    dict with "total", "L_rec", "L_mass", "L_kl" (the global latent's and every spatial scale's), "L_crps",
+    "MAE_all", "MAE_ext", "L_kl_x<factor>" per spatial latent scale (scalars) and "kl_per_dim".
     """
     recon = out["recon"].float()
     mae_all, mae_ext = reconstruction_terms(recon, target, mask, threshold_z)
@@ -235,6 +236,12 @@ def cvae_loss(
         None if prior_logvar is None else prior_logvar.float(),
         weights.free_bits,
     )
+    scale_terms = {}
+    for factor, kl in (out.get("scale_kl") or {}).items():
+        # KL of each latent map, summed over its pixels, batch mean; free bits per map
+        per_map = kl.float().mean(dim=0)
+        scale_terms[f"L_kl_x{factor}"] = per_map.clamp_min(weights.free_bits).sum()
+        l_kl = l_kl + scale_terms[f"L_kl_x{factor}"]
     total = l_rec + weights.lambda_mass * l_mass + beta * l_kl
     l_crps = recon.new_zeros(())
     if weights.crps_weight > 0 and "prior_samples" in out:
@@ -246,6 +253,7 @@ def cvae_loss(
         "L_mass": l_mass,
         "L_kl": l_kl,
         "L_crps": l_crps,
+        **scale_terms,
         "MAE_all": mae_all,
         "MAE_ext": mae_ext,
         "kl_per_dim": per_dim,

@@ -215,6 +215,15 @@ class EncoderY(nn.Module):
     def forward(self, y_and_statics: torch.Tensor) -> torch.Tensor:
         return self.norm(self.mlp(self.convs(y_and_statics)))
 
+    def features(self, y_and_statics: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The embedding and the feature map after each stage: level k has ceil(H / 2^k) x ceil(W / 2^k) pixels."""
+        maps, x = [], y_and_statics
+        layers = list(self.convs)
+        for i in range(0, len(layers) - 2, 3):  # (conv, norm, act) per level; the pooling and flatten last
+            x = layers[i + 2](layers[i + 1](layers[i](x)))
+            maps.append(x)
+        return self.norm(self.mlp(layers[-1](layers[-2](x)))), maps
+
 
 class LatentHead(nn.Module):
     """Posterior parameters from the two embeddings: [h_Y; h_X] -> (mu, logvar) of q(z | Y, X, S).
@@ -313,6 +322,65 @@ class UpBlock(nn.Module):
         return h + skip
 
 
+def _pad_to(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad (B, C, h, w) centrally to ``shape`` (>= (h, w)), as the decoder's larger map is cropped centrally."""
+    dh, dw = shape[0] - x.shape[-2], shape[1] - x.shape[-1]
+    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+
+class SpatialContext:
+    """How the decoder draws its spatial latents in one pass, and what it records.
+
+    ``encoder_maps``: the posterior encoder's feature maps by level (posterior mode), or None (prior mode);
+    ``temperature`` scales the standard deviation of the draws. After the pass, ``kl`` holds, per latent scale
+    (its factor), the KL(q || p) of each latent map summed over its pixels, (B, channels) (posterior mode only), and
+    ``pixels`` the number of pixels of that scale's maps.
+    """
+
+    def __init__(
+        self,
+        encoder_maps: list[torch.Tensor] | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ):
+        self.encoder_maps, self.temperature, self.generator = encoder_maps, temperature, generator
+        self.kl: dict[int, torch.Tensor] = {}
+        self.pixels: dict[int, int] = {}
+
+
+class SpatialLatent(nn.Module):
+    """Latent maps at one decoder scale: a conditional prior p(z_s | features) and, with the posterior encoder's
+    map at the same scale, a posterior q(z_s | features, Y); the draw is added to the features by a 1×1 conv.
+
+    Shapes
+    ------
+    features (B, c, h, w), encoder map (B, c_enc, h', w') with h' <= h, w' <= w -> (B, c, h, w).
+    """
+
+    def __init__(self, channels: int, encoder_channels: int, latent_channels: int, factor: int) -> None:
+        super().__init__()
+        self.factor, self.latent_channels = factor, latent_channels
+        self.prior = nn.Conv2d(channels, 2 * latent_channels, 3, padding=1)
+        self.posterior = nn.Conv2d(channels + encoder_channels, 2 * latent_channels, 3, padding=1)
+        self.inject = nn.Conv2d(latent_channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, level: int, context: SpatialContext) -> torch.Tensor:
+        p_mu, p_logvar = self.prior(x).chunk(2, dim=1)
+        p_logvar = p_logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        if context.encoder_maps is not None:
+            enc = _pad_to(context.encoder_maps[level].to(x.dtype), tuple(x.shape[-2:]))
+            mu, logvar = self.posterior(torch.cat([x, enc], dim=1)).chunk(2, dim=1)
+            logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+            kl = 0.5 * (p_logvar - logvar + (logvar.exp() + (mu - p_mu) ** 2) / p_logvar.exp() - 1.0)
+            context.kl[self.factor] = kl.float().sum(dim=(2, 3))
+            context.pixels[self.factor] = int(x.shape[-2] * x.shape[-1])
+        else:
+            mu, logvar = p_mu, p_logvar
+        eps = _gaussian_noise(tuple(mu.shape), mu, context.generator)
+        z = mu + context.temperature * torch.exp(0.5 * logvar) * eps
+        return x + self.inject(z)
+
+
 class Decoder(nn.Module):
     """Generate a normalized high-resolution field from a latent code and the coarse-predictor embedding.
 
@@ -327,6 +395,9 @@ class Decoder(nn.Module):
     4. optionally (``use_statics``) the static maps are concatenated here;
     5. two 3×3 conv + GroupNorm + SiLU layers and a 1×1 conv to one channel, **without** output activation —
        normalized precipitation is negative on dry pixels.
+
+    With ``latent_scales``, a :class:`SpatialLatent` after the seed or block at each of those factors draws a latent
+    map (from the posterior where the pass's :class:`SpatialContext` has the encoder's maps, else from the prior).
 
     Parameters
     ----------
@@ -351,10 +422,22 @@ class Decoder(nn.Module):
         n_statics: int = 0,
         use_statics: bool = False,
         dropout: float = 0.0,
+        latent_scales: tuple[int, ...] = (),
+        latent_channels: int = 4,
+        encoder_channels: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.hr_shape = (int(hr_shape[0]), int(hr_shape[1]))
         self.n_up = n_scales(self.hr_shape)
+        levels = {}
+        for factor in latent_scales:
+            level = int(math.log2(factor))
+            if 2**level != factor or level > self.n_up or level >= len(encoder_channels):
+                raise ValueError(
+                    f"model.latent_scales: {factor} is not a power of 2 of at most {2**self.n_up} on a "
+                    f"{self.hr_shape[0]} x {self.hr_shape[1]} grid (the decoder's coarsest map is {2**self.n_up}x)"
+                )
+            levels[level] = factor
         self.use_statics = bool(use_statics) and n_statics > 0
         factor = 2**self.n_up
         self.seed_shape = (math.ceil(self.hr_shape[0] / factor), math.ceil(self.hr_shape[1] / factor))
@@ -373,10 +456,15 @@ class Decoder(nn.Module):
         self.seed_norm = _group_norm(width)
         self.seed_film = FiLM(d_cond, width)
         self.blocks = nn.ModuleList()
-        for level in range(self.n_up - 1, -1, -1):
-            out = _channels(base_filters, level, DECODER_WIDTH_CAP)
-            self.blocks.append(UpBlock(width, out, d_cond))
-            width = out
+        # spatial latents by decoder level (the seed is level n_up, block i outputs level n_up - 1 - i)
+        self.latents = nn.ModuleDict()
+        for level in range(self.n_up, -1, -1):
+            if level < self.n_up:
+                out = _channels(base_filters, level, DECODER_WIDTH_CAP)
+                self.blocks.append(UpBlock(width, out, d_cond))
+                width = out
+            if level in levels:
+                self.latents[str(level)] = SpatialLatent(width, encoder_channels[level], latent_channels, levels[level])
 
         head_in = width + (n_statics if self.use_statics else 0)
         self.head = nn.Sequential(
@@ -389,13 +477,25 @@ class Decoder(nn.Module):
         )
         self.out_conv = nn.Conv2d(base_filters, 1, 1)
 
-    def forward(self, z: torch.Tensor, h_x: torch.Tensor, statics: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        h_x: torch.Tensor,
+        statics: torch.Tensor | None = None,
+        spatial: SpatialContext | None = None,
+    ) -> torch.Tensor:
+        spatial = spatial or SpatialContext()
         cond_in = torch.cat([z, h_x], dim=1)
         cond = self.cond(cond_in)
         x = self.seed(cond_in).view(-1, self.seed_channels, *self.seed_shape)
         x = F.silu(self.seed_film(self.seed_norm(self.seed_conv(x)), cond))
-        for block in self.blocks:
+        if str(self.n_up) in self.latents:
+            x = self.latents[str(self.n_up)](x, self.n_up, spatial)
+        for i, block in enumerate(self.blocks):
             x = block(x, cond)
+            level = self.n_up - 1 - i
+            if str(level) in self.latents:
+                x = self.latents[str(level)](x, level, spatial)
         x = _center_crop(x, self.hr_shape)
         if self.use_statics:
             if statics is None:
@@ -454,6 +554,7 @@ class CVAE(nn.Module):
         self.prior_net = (
             ConditionalPrior(config.d_x, config.d_z, config.dropout) if config.prior == "conditional" else None
         )
+        n_levels = n_scales(self.hr_shape)
         self.decoder = Decoder(
             config.d_z,
             config.d_x,
@@ -462,6 +563,9 @@ class CVAE(nn.Module):
             n_statics=self.n_statics,
             use_statics=config.decoder_statics,
             dropout=config.dropout,
+            latent_scales=tuple(config.latent_scales),
+            latent_channels=config.latent_channels,
+            encoder_channels=tuple(_channels(config.base_filters, k, ENCODER_WIDTH_CAP) for k in range(n_levels + 1)),
         )
 
     # -- shape checks: a wrong grid should fail here with a readable message, not deep inside a conv --
@@ -502,11 +606,28 @@ class CVAE(nn.Module):
         -------
         mu, logvar : (B, d_z) each.
         """
+        mu, logvar, _ = self._posterior(target, statics, h_x)
+        return mu, logvar
+
+    @property
+    def spatial(self) -> bool:
+        """Whether the model has spatial latents."""
+        return len(self.decoder.latents) > 0
+
+    def _posterior(
+        self, target: torch.Tensor, statics: torch.Tensor | None, h_x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
+        """:meth:`posterior`, and the encoder's feature maps when the model has spatial latents."""
         self._check("target", target, 1, self.hr_shape)
         statics = self._statics(statics, target.shape[0])
         y = target if statics is None else torch.cat([target, statics.to(target.dtype)], dim=1)
-        h_y = self.encoder_y(y)
-        return self.latent_head(torch.cat([h_y, h_x], dim=1))
+        maps = None
+        if self.spatial:
+            h_y, maps = self.encoder_y.features(y)
+        else:
+            h_y = self.encoder_y(y)
+        mu, logvar = self.latent_head(torch.cat([h_y, h_x], dim=1))
+        return mu, logvar, maps
 
     def prior(self, h_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameters of p(z | X): (B, d_x) -> mu, logvar (B, d_z); zeros for the standard N(0, I) prior."""
@@ -515,10 +636,17 @@ class CVAE(nn.Module):
             return zeros, zeros.clone()
         return self.prior_net(h_x)
 
-    def decode(self, z: torch.Tensor, h_x: torch.Tensor, statics: torch.Tensor | None) -> torch.Tensor:
-        """(B, d_z), (B, d_x), (B or 1, S_ch, H, W) or None -> (B, 1, H, W) normalized precipitation."""
+    def decode(
+        self,
+        z: torch.Tensor,
+        h_x: torch.Tensor,
+        statics: torch.Tensor | None,
+        spatial: SpatialContext | None = None,
+    ) -> torch.Tensor:
+        """(B, d_z), (B, d_x), (B or 1, S_ch, H, W) or None -> (B, 1, H, W) normalized precipitation; spatial
+        latents (if any) as ``spatial`` says (default: from their prior)."""
         statics = self._statics(statics, z.shape[0]) if self.decoder.use_statics else None
-        return self.decoder(z, h_x, statics)
+        return self.decoder(z, h_x, statics, spatial)
 
     # -- training and sampling --
 
@@ -531,8 +659,10 @@ class CVAE(nn.Module):
         n: int,
         temperature: float,
         generator: torch.Generator | None,
+        encoder_maps: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Decode ``n`` reparameterized draws of N(mu, temperature^2 exp(logvar)) per day: (B, n, 1, H, W)."""
+        """Decode ``n`` reparameterized draws of N(mu, temperature^2 exp(logvar)) per day: (B, n, 1, H, W); spatial
+        latents from their posterior given ``encoder_maps``, else from their prior."""
         B = mu.shape[0]
         eps = _gaussian_noise((B, n, self.d_z), mu, generator)
         z = mu[:, None] + temperature * torch.exp(0.5 * logvar)[:, None] * eps
@@ -541,7 +671,9 @@ class CVAE(nn.Module):
         statics_rep = None
         if self.decoder.use_statics:
             statics_rep = self._statics(statics, B).repeat_interleave(n, dim=0)
-        out = self.decoder(z.reshape(B * n, self.d_z), h_rep, statics_rep)
+        maps = None if encoder_maps is None else [m.repeat_interleave(n, dim=0) for m in encoder_maps]
+        spatial = SpatialContext(maps, temperature, generator)
+        out = self.decoder(z.reshape(B * n, self.d_z), h_rep, statics_rep, spatial)
         return out.view(B, n, 1, *self.hr_shape)
 
     def forward(
@@ -567,13 +699,15 @@ class CVAE(nn.Module):
         -------
         dict with "recon" (B, 1, H, W) normalized; "mu", "logvar" (B, d_z) of the posterior; "prior_mu",
         "prior_logvar" (B, d_z); "z" (B, d_z) the sample that was decoded; with ``n_prior`` > 0, "prior_samples"
-        (B, n_prior, 1, H, W) normalized.
+        (B, n_prior, 1, H, W) normalized; with spatial latents "scale_kl" (factor -> (B, channels) KL of each latent
+        map summed over its pixels) and "scale_pixels" (factor -> pixels of its maps).
         """
         h_x = self.encode_x(inputs)
-        mu, logvar = self.posterior(target, statics, h_x)
+        mu, logvar, maps = self._posterior(target, statics, h_x)
         prior_mu, prior_logvar = self.prior(h_x)
         z = mu + torch.exp(0.5 * logvar) * _gaussian_noise(tuple(mu.shape), mu, generator)
-        recon = self.decode(z, h_x, statics)
+        spatial = SpatialContext(maps, 1.0, generator)
+        recon = self.decode(z, h_x, statics, spatial)
         out = {
             "recon": recon,
             "mu": mu,
@@ -582,6 +716,9 @@ class CVAE(nn.Module):
             "prior_logvar": prior_logvar,
             "z": z,
         }
+        if self.spatial:
+            out["scale_kl"] = spatial.kl
+            out["scale_pixels"] = spatial.pixels
         if n_prior > 0:
             out["prior_samples"] = self._decode_draws(prior_mu, prior_logvar, h_x, statics, n_prior, 1.0, generator)
         return out
@@ -618,15 +755,16 @@ class CVAE(nn.Module):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         h_x = self.encode_x(inputs)
+        maps = None
         if mode == "prior":
             mu, logvar = self.prior(h_x)
         elif mode == "posterior":
             if target is None:
                 raise ValueError("sample(mode='posterior') needs the target field")
-            mu, logvar = self.posterior(target, statics, h_x)
+            mu, logvar, maps = self._posterior(target, statics, h_x)
         else:
             raise ValueError(f"mode must be 'prior' or 'posterior', got {mode!r}")
-        return self._decode_draws(mu, logvar, h_x, statics, n_samples, temperature, generator)
+        return self._decode_draws(mu, logvar, h_x, statics, n_samples, temperature, generator, maps)
 
 
 # --------------------------------------------------------------------------------------------------------------

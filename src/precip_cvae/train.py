@@ -150,12 +150,14 @@ class Trainer:
             advice="lower train.lr, lower train.grad_clip, or set train.amp=false",
         )  # fmt: skip
         mean, beta, skipped = stats.means, beta_at(n_batches - 1), stats.skipped
+        scales = ";".join(f"{k[len('L_kl_') :]}:{v:.4g}" for k, v in mean.items() if k.startswith("L_kl_x"))
         return {
             "train_loss": mean["total"],
             "train_L_rec": mean["L_rec"],
             "train_L_mass": mean["L_mass"],
             "train_L_kl": mean["L_kl"],
             "train_L_crps": mean["L_crps"],
+            "train_L_kl_scales": scales,
             "beta": beta,
             "lr": lr,
             "skipped_steps": skipped,
@@ -182,6 +184,8 @@ class Trainer:
         heavy_scores = Scores({"twcrps": TwCRPS(p95)})
         recon_scores = Scores({"deterministic": Deterministic(tail=self.p95_mm)})
         mus = []
+        scale_kl: dict[int, torch.Tensor] = {}  # per spatial latent scale: KL of each map summed over days
+        scale_pixels: dict[int, int] = {}
         n_days = 0
         loss_fn = self.loss_fn(beta)
         for batch in loader:
@@ -193,6 +197,9 @@ class Trainer:
             for k in acc:
                 acc[k] += float(terms["total" if k == "loss" else k]) * size
             mus.append(out["mu"].float().cpu())
+            for factor, kl in out.get("scale_kl", {}).items():
+                scale_kl[factor] = scale_kl.get(factor, 0.0) + kl.float().sum(dim=0).cpu()
+                scale_pixels[factor] = out["scale_pixels"][factor]
             obs = self.normalization.to_mm(b["target"])
             mask, land = b["mask"], b["land"]
             samples = self.model.sample(b["inputs"], b["statics"], n_samples=t.val_samples, mode="prior", generator=gen)
@@ -230,6 +237,11 @@ class Trainer:
             "val_wet_fraction_samples": scores["wet_day_frequency_sim"],
             "val_wet_fraction_obs": scores["wet_day_frequency_obs"],
             "val_spatial_std_ratio": (diag["std_s"] / k) / max(diag["std_o"], 1e-9),
+            # a latent map is active when its KL averages more than 0.01 nats per pixel
+            "val_L_kl_scales": ";".join(f"x{f}:{float(kl.sum()) / n_days:.4g}" for f, kl in scale_kl.items()),
+            "val_active_scales": ";".join(
+                f"x{f}:{int((kl / n_days / scale_pixels[f] > 0.01).sum())}/{kl.numel()}" for f, kl in scale_kl.items()
+            ),
         }
         row["alarms"] = ";".join(collapse_alarms(row, obs_mean, self.config.model.d_z))
         return row
@@ -249,6 +261,10 @@ def collapse_alarms(row: dict, mean_land_mm: float, d_z: int) -> list[str]:
     alarms = []
     if row["val_active_units"] == 0:
         alarms.append(f"posterior collapse: 0 of {d_z} latent units active")
+    for scale in filter(None, row.get("val_active_scales", "").split(";")):
+        factor, counts = scale.split(":")
+        if counts.startswith("0/"):
+            alarms.append(f"posterior collapse at scale {factor}: 0 of {counts[2:]} latent maps active")
     spread = row["val_sample_spread_mm"]
     if np.isfinite(spread) and spread < 0.02 * mean_land_mm:
         alarms.append(f"samples of one day are near copies ({spread:.3g} mm/day apart): the decoder ignores z")
@@ -391,4 +407,6 @@ def format_row(row: dict, metric: str) -> str:
     keys = ("train_loss", "val_loss", "val_CRPS", "val_twCRPS_P95", "val_MAE_tail", "val_mass_bias", "val_active_units")
     parts = [f"epoch {row['epoch']:>3}"] + [f"{k} {float(row[k]):.4g}" for k in keys]
     parts.append(f"beta {float(row['beta']):.3g}")
+    if row.get("val_active_scales"):
+        parts.append(f"active maps {row['val_active_scales']}")
     return "  ".join(parts) + f"  [{metric}]"
