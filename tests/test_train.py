@@ -26,10 +26,11 @@ def _config(data: Path, out: Path, *extra: str):
     return load_config(None, [f"data.data_root={data}", f"data.outputs_root={out}", *TINY, *extra])
 
 
+SPATIAL_CRPS = ["model.latent_scales=[2,1]", "loss.crps_weight=1.0", "loss.crps_members=2"]
+
+
 @pytest.mark.parametrize(
-    "variant",
-    [[], ["model.latent_scales=[2,1]", "loss.crps_weight=1.0", "loss.crps_members=2"]],
-    ids=["reference", "spatial+crps"],
+    "variant", [pytest.param([], id="reference"), pytest.param(SPATIAL_CRPS, id="spatial+crps", marks=pytest.mark.slow)]
 )
 def test_overfit_one_batch(prepared, tmp_path, variant):
     config = _config(prepared, tmp_path, "model.base_filters=8", "model.d_z=8", *variant)
