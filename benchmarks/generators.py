@@ -39,6 +39,8 @@ COMMON = [
     "train.amp=false",
     "train.save_every=1000",
 ]
+#: Stands for ``model.latent_scales``: 8 and 4 where the grid allows, else its two coarsest decoder scales.
+SCALES = "model.latent_scales=auto"
 #: name -> config overrides on top of COMMON.
 VARIANTS = {
     # the reference design at this size: N(0, I) prior, no statics in the decoder, beta 0.5
@@ -47,6 +49,10 @@ VARIANTS = {
     "current": ["model.prior=conditional", "model.decoder_statics=true", "loss.beta_kl=0.005"],
     # + the proper-scoring ensemble term (almost-fair CRPS of 4 prior draws, per pixel and on 4 x 4 means)
     "crps": ["model.prior=conditional", "model.decoder_statics=true", "loss.beta_kl=0.005", "loss.crps_weight=1.0"],
+    # + spatial latents on the two coarsest decoder grids up to 1/8 (SCALES: chosen per grid)
+    "spatial": ["model.prior=conditional", "model.decoder_statics=true", "loss.beta_kl=0.005", SCALES],
+    "spatial_crps": ["model.prior=conditional", "model.decoder_statics=true", "loss.beta_kl=0.005", SCALES,
+                     "loss.crps_weight=1.0"],
 }  # fmt: skip
 
 
@@ -92,11 +98,16 @@ def run_variant(data_root: Path, work: Path, variant: str, epochs: int) -> dict:
     from precip_cvae.sample import SampleOptions, run_sample
     from precip_cvae.train import fit
 
+    from precip_cvae.model import n_scales
+
     out = work / variant
+    data = PreparedData(data_root)
+    top = min(3, n_scales(data.hr_shape))
+    scales = f"model.latent_scales={sorted({2**top, 2 ** max(0, top - 1)}, reverse=True)}"
+    overrides = [scales if o == SCALES else o for o in VARIANTS[variant]]
     config = load_config(
-        None, [f"data.data_root={data_root}", f"data.outputs_root={out}", *COMMON, *VARIANTS[variant],
-               f"train.epochs={epochs}"],
-    )  # fmt: skip
+        None, [f"data.data_root={data_root}", f"data.outputs_root={out}", *COMMON, *overrides, f"train.epochs={epochs}"]
+    )
     log = out / "logs" / "train_log.csv"
     done = log.is_file() and len(list(csv.DictReader(open(log)))) >= epochs
     if not done:
@@ -109,7 +120,6 @@ def run_variant(data_root: Path, work: Path, variant: str, epochs: int) -> dict:
     metrics = json.loads(metrics_path.read_text())
     gate = run_sample(config, SampleOptions(mode="posterior", K=4, days="heavy_only"), out_dir=out / "synth",
                       progress=False)  # fmt: skip
-    data = PreparedData(data_root)
     model = build_model(data, config.model)
     n_prior = config.loss.crps_members if config.loss.crps_weight > 0 else 0
     with torch.no_grad():
