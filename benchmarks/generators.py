@@ -94,11 +94,9 @@ def run_variant(data_root: Path, work: Path, variant: str, epochs: int) -> dict:
     from precip_cvae.data.dataset import PreparedData
     from precip_cvae.evaluate import run_evaluate
     from precip_cvae.generator import build_model
-    from precip_cvae.model import flops_per_sample
+    from precip_cvae.model import flops_per_sample, n_scales
     from precip_cvae.sample import SampleOptions, run_sample
     from precip_cvae.train import fit
-
-    from precip_cvae.model import n_scales
 
     out = work / variant
     data = PreparedData(data_root)
