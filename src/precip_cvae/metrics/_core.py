@@ -160,6 +160,11 @@ class Fields:
         """Valid points."""
         return int(self.v.sum())
 
+    @property
+    def n_fields(self) -> int:
+        """Fields (days) in the batch: the product of the axes before the two spatial ones (1 for 0-d/1-d)."""
+        return int(np.prod(self.obs.shape[:-2])) if self.obs.ndim >= 2 else 1
+
     @cached_property
     def x(self) -> np.ndarray:
         """(K, n) member values at the valid points."""

@@ -47,8 +47,7 @@ class Deterministic(Sums):
         # mass bias field by field (a field without a valid pixel is skipped)
         full = np.zeros(f.obs.shape)
         full[f.v] = err
-        n_fields = int(np.prod(f.obs.shape[:-2])) if f.obs.ndim >= 2 else 1
-        sums, counts = full.reshape(n_fields, -1).sum(axis=1), f.v.reshape(n_fields, -1).sum(axis=1)
+        sums, counts = full.reshape(f.n_fields, -1).sum(axis=1), f.v.reshape(f.n_fields, -1).sum(axis=1)
         keep = counts > 0
         self.add("mass", (sums[keep] / counts[keep]).sum())
         self.add("mass_fields", keep.sum())

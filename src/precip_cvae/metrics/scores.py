@@ -36,7 +36,7 @@ class Scores(Mapping[str, Accumulator]):
         self.add(Fields(ens, obs, mask))
 
     def add(self, fields: Fields) -> None:
-        self.days += 1 if fields.obs.ndim <= 2 else int(fields.obs.size // fields.obs.shape[-1] // fields.obs.shape[-2])
+        self.days += fields.n_fields
         self.pixels += fields.n
         for accumulator in self.accumulators.values():
             accumulator.accum(fields)
