@@ -8,25 +8,14 @@ per-pixel normalized equivalent of the physical threshold. Pixels outside ``mask
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from precip_cvae.config import LossConfig
 from precip_cvae.data.normalize import Normalization
 
-
-@dataclass(frozen=True)
-class LossWeights:
-    """The loss config's numbers (see :class:`precip_cvae.config.LossConfig`)."""
-
-    lambda_base: float = 1.0
-    lambda_ext: float = 3.0
-    lambda_mass: float = 0.1
-    free_bits: float = 0.0
-    crps_weight: float = 0.0
-    crps_alpha: float = 0.95
-    crps_pools: tuple[int, ...] = (1, 4)
+#: The loss's numbers are the config's ``loss`` section (the name kept for callers of the API).
+LossWeights = LossConfig
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -206,7 +195,7 @@ def cvae_loss(
     threshold_z: torch.Tensor,
     normalization: Normalization,
     scale_mm_per_day: float,
-    weights: LossWeights,
+    weights: LossConfig,
     beta: float,
 ) -> dict[str, torch.Tensor]:
     """All terms of the cVAE loss for one batch.

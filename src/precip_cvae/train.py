@@ -23,7 +23,7 @@ from precip_cvae.errors import InputError
 from precip_cvae.fileio import write_text
 from precip_cvae.generator import BEST_CHECKPOINT, CHECKPOINT_DIR, build_model, select_device
 from precip_cvae.loop import Precision, TrainingDiverged  # noqa: F401  (TrainingDiverged: the API's name)
-from precip_cvae.losses import LossWeights, cvae_loss, kl_weight
+from precip_cvae.losses import cvae_loss, kl_weight
 from precip_cvae.metrics import CRPS, Deterministic, Fields, Intensities, Scores, TwCRPS
 
 logger = logging.getLogger(__name__)
@@ -88,11 +88,8 @@ class Trainer:
         self.threshold_z = torch.from_numpy(self.data.threshold_z(config.loss.extreme_threshold)).to(d)
         self.normalization = self.data.normalization
         self.p95_mm = self.data.thresholds_mm["P95"]
-        lo = config.loss
-        self.weights = LossWeights(
-            lo.lambda_base, lo.lambda_ext, lo.lambda_mass, lo.free_bits, lo.crps_weight, lo.crps_alpha, lo.crps_pools
-        )
-        self.n_prior = lo.crps_members if lo.crps_weight > 0 else 0
+        self.weights = config.loss
+        self.n_prior = config.loss.crps_members if config.loss.crps_weight > 0 else 0
 
     # -- pieces ------------------------------------------------------------------------------------
     def forward(self, model: torch.nn.Module, batch: dict, generator: torch.Generator | None) -> dict:
