@@ -105,3 +105,22 @@ def test_report_marks_the_best_non_oracle_value():
     metrics = {"systems": {"model": {"all": block(2.0)}, "analog": {"all": block(1.5)}, "oracle": {"all": block(1.0)}}}
     text = table(metrics, "all", rows=[("CRPS", "CRPS", "lower")])
     assert "| CRPS | 2.000 | **1.500** | 1.000 |" in text
+
+
+def test_report_says_how_the_model_ranks_and_never_crowns_the_tail_mae():
+    from precip_cvae.report import ROWS, ranking, table
+
+    def block(crps, mae_tail):
+        return {"CRPS": crps, "MAE_tail": mae_tail}
+
+    metrics = {
+        "days": list(range(10)), "heavy_days": [3, 4],
+        "systems": {"model": {"all": block(2.0, 5.0), "heavy": block(8.0, 6.0)},
+                    "analog": {"all": block(1.5, 9.0), "heavy": block(9.0, 9.0)},
+                    "oracle": {"all": block(1.0, 8.0), "heavy": block(4.0, 8.0)}},
+    }  # fmt: skip
+    text = ranking(metrics)
+    assert text.startswith("On all 10 days the model's CRPS loses to analog (2.000 vs 1.500 mm/day, 1.33 x)")
+    assert "On 2 heavy days the model's CRPS beats analog (8.000 vs 9.000 mm/day, 0.89 x)" in text
+    mae_tail = [r for r in ROWS if r[0] == "MAE_tail"]
+    assert "**" not in table(metrics, "all", rows=mae_tail)  # the over-forecasting model "wins" it: not marked
