@@ -8,7 +8,7 @@ spatial variability than the real day), or it nearly duplicates an already accep
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -145,7 +145,3 @@ def summarize(verdicts: list[dict]) -> dict:
             reasons[code] = reasons.get(code, 0) + 1
     accepted = sum(v["accepted"] for v in verdicts)
     return {"samples": len(verdicts), "accepted": accepted, "rejected": len(verdicts) - accepted, "reasons": reasons}
-
-
-def gate_config_dict(config: GateConfig) -> dict:
-    return asdict(config)
