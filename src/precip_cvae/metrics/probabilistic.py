@@ -13,6 +13,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from precip_cvae.metrics._core import (
+    Accumulator,
     Fields,
     Sums,
     _block_pool,
@@ -107,7 +108,7 @@ class PooledCRPS(Sums):
         }
 
 
-class RankHistogram:
+class RankHistogram(Accumulator):
     """Counts of the rank of the observation among the members (Talagrand diagram), ties (many dry pixels) broken
     uniformly at random: ``rank_histogram`` and its departure from flat ``rank_flatness_chi2`` / ``_p`` /
     ``_rel_dev``.
@@ -136,9 +137,7 @@ class RankHistogram:
             rng = np.random.default_rng([self.rng_seed, zlib.crc32(y), zlib.crc32(x)])
         self.counts += np.bincount(_ranks(f.x, f.y, rng), minlength=self.K + 1)
 
-    def merge(self, other: RankHistogram) -> None:
-        if type(other) is not type(self) or other.settings() != self.settings():
-            raise ValueError("cannot merge RankHistogram with different settings")
+    def _merge(self, other: RankHistogram) -> None:  # type: ignore[override]
         self.counts += other.counts
 
     def compute(self) -> dict[str, Any]:
