@@ -14,6 +14,7 @@ from precip_cvae.model import (
     Decoder,
     EncoderX,
     count_parameters,
+    fit_latent_scales,
     flops_per_sample,
     n_scales,
 )
@@ -260,6 +261,53 @@ def test_spatial_latent_kl_matches_the_gaussian_formula_in_float64():
     assert context.pixels[4] == 7 * 9
 
 
-def test_a_latent_scale_the_grid_cannot_hold_is_a_clear_error():
-    with pytest.raises(ValueError, match="model.latent_scales: 16"):
-        make_model((4, 3), (24, 20), latent_scales=(16,))
+@pytest.mark.parametrize(
+    "scales, hr_shape, expected",
+    [((8, 4), (96, 84), (8, 4)), ((8, 4), (156, 132), (8, 4)), ((8, 4), (19, 29), (2, 1)), ((16,), (24, 20), (2,)),
+     ((8, 2), (24, 20), (2,)), ((4, 2), (48, 48), (4, 2)), ((), (19, 29), ())],
+)  # fmt: skip
+def test_latent_scales_too_coarse_for_the_grid_are_shifted_down_together(scales, hr_shape, expected):
+    assert fit_latent_scales(scales, hr_shape) == expected
+    model = make_model((4, 3), hr_shape, latent_scales=scales)
+    assert tuple(sorted((m.factor for m in model.decoder.latents.values()), reverse=True)) == expected
+
+
+def test_a_latent_scale_that_is_not_a_power_of_2_is_a_clear_error():
+    with pytest.raises(ValueError, match="model.latent_scales: 3 is not a power of 2"):
+        make_model((4, 3), (24, 20), latent_scales=(4, 3))
+
+
+@pytest.mark.parametrize(("lr_shape", "hr_shape"), [((5, 7), (19, 29)), ((1, 1), (37, 23)), ((3, 2), (5, 4))])
+def test_censored_output_is_exactly_dry_below_zero_mm_and_passes_gradients_through(lr_shape, hr_shape):
+    dry = -torch.rand(*hr_shape) - 0.2  # a per-pixel normalized 0 mm/day, as Normalization.dry_z
+    model = CVAE(C, S, lr_shape, hr_shape, dataclasses.replace(SMALL, output="censored", latent_scales=(2,)), dry)
+    linear = CVAE(C, S, lr_shape, hr_shape, dataclasses.replace(SMALL, latent_scales=(2,)))
+    linear.load_state_dict(model.state_dict(), strict=False)  # the same weights, without the head's buffer
+    inputs, target, statics = make_batch(lr_shape, hr_shape, batch=3)
+    out = model(inputs, target, statics, generator=torch.Generator().manual_seed(1), n_prior=2)
+    raw = linear(inputs, target, statics, generator=torch.Generator().manual_seed(1), n_prior=2)
+    for key in ("recon", "prior_samples"):
+        assert out[key].shape == raw[key].shape
+        torch.testing.assert_close(out[key], torch.maximum(raw[key], dry.expand_as(raw[key])))
+    censored = (raw["recon"] < dry).sum()
+    assert 0 < censored < raw["recon"].numel()  # both parts of the mixed output occur at initialization
+    # straight through: a censored pixel's gradient is that of the uncensored value
+    weight = torch.randn_like(out["recon"])
+    (out["recon"] * weight).sum().backward()
+    (raw["recon"] * weight).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), linear.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    with torch.no_grad():
+        samples = model.eval().sample(inputs, statics, n_samples=4, generator=torch.Generator().manual_seed(3))
+    assert samples.shape == (3, 4, 1, *hr_shape) and (samples >= dry).all() and (samples == dry).any()
+    # the checkpoint carries the dry value: a model rebuilt without it and loaded equals the original
+    rebuilt = CVAE(C, S, lr_shape, hr_shape, model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.decoder.output.dry_z[0, 0], dry)
+
+
+def test_output_head_errors():
+    with pytest.raises(ValueError, match="model.output must be one of linear, censored"):
+        make_model((4, 3), (24, 20), output="hurdle")
+    with pytest.raises(ValueError, match=r"dry_z: expected shape \(24, 20\)"):
+        CVAE(C, S, (4, 3), (24, 20), dataclasses.replace(SMALL, output="censored"), torch.zeros(20, 24))

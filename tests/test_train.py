@@ -30,8 +30,10 @@ SPATIAL_CRPS = ["model.latent_scales=[2,1]", "loss.crps_weight=1.0", "loss.crps_
 
 
 @pytest.mark.parametrize(
-    "variant", [pytest.param([], id="reference"), pytest.param(SPATIAL_CRPS, id="spatial+crps", marks=pytest.mark.slow)]
-)
+    "variant",
+    [pytest.param([], id="reference"), pytest.param(["model.output=censored"], id="censored"),
+     pytest.param(SPATIAL_CRPS, id="spatial+crps", marks=pytest.mark.slow)],
+)  # fmt: skip
 def test_overfit_one_batch(prepared, tmp_path, variant):
     config = _config(prepared, tmp_path, "model.base_filters=8", "model.d_z=8", *variant)
     trainer = Trainer(config, progress=False)
@@ -186,3 +188,20 @@ def test_a_collapsed_latent_scale_raises_the_alarm():
     row = {"val_active_units": 3, "val_sample_spread_mm": 1.0, "val_wet_fraction_samples": 0.5,
            "val_wet_fraction_obs": 0.5, "val_spatial_std_ratio": 1.0, "val_active_scales": "x8:0/4;x4:2/4"}  # fmt: skip
     assert collapse_alarms(row, 2.0, 8) == ["posterior collapse at scale x8: 0 of 4 latent maps active"]
+
+
+def test_the_censored_output_trains_and_its_samples_are_exactly_dry_in_mm(prepared, tmp_path):
+    from precip_cvae.data.dataset import PreparedData
+    from precip_cvae.generator import Generator
+
+    config = _config(prepared, tmp_path, "train.epochs=2", "model.output=censored", "loss.crps_weight=1.0",
+                     "loss.crps_members=2")  # fmt: skip
+    fit(config, progress=False)
+    data = PreparedData(prepared)
+    gen = Generator.from_outputs(data, tmp_path, None, torch.device("cpu"))
+    np.testing.assert_array_equal(gen.model.decoder.output.dry_z[0, 0].numpy(), data.normalization.dry_z)
+    _, z, mm = gen.draw(list(range(6)), 4, "prior", 1.0, gen.rng(0))
+    valid = data.valid_mask
+    assert (z[:, :, valid] >= data.normalization.dry_z[valid] - 1e-6).all()
+    dry = mm[:, :, valid] == 0.0
+    assert 0.0 < dry.mean() < 1.0  # exact zeros and wet pixels, from the same fields

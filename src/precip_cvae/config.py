@@ -38,7 +38,11 @@ class ModelConfig:
     ``latent_scales``: spatial latents (empty: none, the reference). For each factor f (a power of 2, e.g. 8 and 4),
     a map of ``latent_channels`` Gaussian latents on the grid coarsened f times is drawn inside the decoder, top-down,
     with a posterior and a conditional prior of its own (a small hierarchical VAE in the spirit of NVAE), so that
-    small-scale structure is drawn rather than averaged.
+    small-scale structure is drawn rather than averaged. A grid too small for the largest factor gets them all divided
+    by the same power of 2 (``model.fit_latent_scales``): (8, 4) is (2, 1) on a 19 x 29 grid.
+
+    ``output``: the output head (``model.heads``): "linear" (the reference: the decoder's channel is the field) or
+    "censored" (``max(u, 0 mm/day)`` per pixel: dry pixels exactly dry, amounts continuous above).
     """
 
     d_z: int = 64
@@ -50,6 +54,7 @@ class ModelConfig:
     dropout: float = 0.0
     latent_scales: tuple[int, ...] = ()
     latent_channels: int = 4
+    output: str = "linear"
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,7 @@ class Config:
 
 _CHOICES = {
     "model.prior": ("standard", "conditional"),
+    "model.output": ("linear", "censored"),
     "train.schedule": ("constant", "cosine"),
     "train.select_metric": tuple(c for c in TRAIN_LOG_COLUMNS if c not in TEXT_LOG_COLUMNS),
     "sampling.mode": ("posterior", "prior"),

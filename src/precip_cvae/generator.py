@@ -40,7 +40,7 @@ def select_device(name: str) -> torch.device:
 
 def build_model(data: PreparedData, config: ModelConfig) -> CVAE:
     """A fresh cVAE for ``data``'s channels, grids and static maps."""
-    return CVAE(data.n_channels, len(data.static_names), data.lr_shape, data.hr_shape, config)
+    return CVAE(data.n_channels, len(data.static_names), data.lr_shape, data.hr_shape, config, data.normalization.dry_z)
 
 
 def build_model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu") -> CVAE:

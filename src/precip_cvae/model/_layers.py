@@ -1,0 +1,125 @@
+"""Building blocks shared by the model's parts: constants, small layers and tensor helpers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Bounds on every predicted log-variance. exp(-12) ~ 6e-6 and exp(8) ~ 3e3: wide enough never to bind in a
+#: healthy run, narrow enough that exp() cannot overflow in float16 and the KL term stays finite.
+LOGVAR_MIN = -12.0
+LOGVAR_MAX = 8.0
+
+#: Feature maps are pooled to this size before the encoders' MLPs, whatever the grid.
+POOL_SIZE = 4
+
+#: Target side (pixels) of the decoder's seed and of the encoder's coarsest map.
+SEED_MIN_SIDE = 6
+
+#: Width caps, in multiples of base_filters. The posterior encoder only has to summarize a field into one vector,
+#: so it stays narrower than the decoder; at the default config this cuts it from 6.1 M to 2.7 M parameters.
+DECODER_WIDTH_CAP = 8
+ENCODER_WIDTH_CAP = 4
+
+
+def n_scales(hr_shape: tuple[int, int]) -> int:
+    """Number of factor-2 scales between the coarsest feature map and the H × W grid.
+
+    ``max(0, floor(log2(min(H, W) / 6)))``: the shorter side of the coarsest map lands in [6, 12) pixels.
+
+    Parameters
+    ----------
+    hr_shape : (H, W) of the high-resolution grid, pixels.
+
+    Returns
+    -------
+    int, >= 0. E.g. 156 × 132 -> 4 (seed 10 × 9), 96 × 84 -> 3 (seed 12 × 11), 24 × 20 -> 1, 5 × 40 -> 0.
+    """
+    side = min(hr_shape)
+    if side < 2 * SEED_MIN_SIDE:
+        return 0
+    return max(0, int(math.floor(math.log2(side / SEED_MIN_SIDE))))
+
+
+def fit_latent_scales(scales: tuple[int, ...], hr_shape: tuple[int, int]) -> tuple[int, ...]:
+    """The spatial-latent factors a grid can hold: ``scales`` as given when the largest is at most the decoder's
+    coarsest factor ``2^n_scales``, else all divided by the same power of 2 so that the largest is that coarsest
+    factor (factors below 1 dropped). (8, 4) stays (8, 4) on a 96 x 84 grid and becomes (2, 1) on 19 x 29.
+    """
+    scales = tuple(int(f) for f in scales)
+    if not scales:
+        return ()
+    for f in scales:
+        if f < 1 or f & (f - 1):
+            raise ValueError(f"model.latent_scales: {f} is not a power of 2")
+    top = 2 ** n_scales(hr_shape)
+    largest = max(scales)
+    if largest <= top:
+        return scales
+    shift = largest // top  # both are powers of 2
+    return tuple(sorted({f // shift for f in scales if f >= shift}, reverse=True))
+
+
+def _channels(base_filters: int, level: int, cap: int = 8) -> int:
+    """Width at ``level`` factor-2 steps below full resolution: doubles per step, capped at ``cap`` × base."""
+    return base_filters * min(2**level, cap)
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 8 groups of at least 4 channels where possible (1 group for very narrow layers)."""
+    groups = max(1, min(8, channels // 4))
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels)
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    """Linear -> SiLU -> (Dropout) -> Linear. No output activation: the result is an embedding or raw params."""
+    layers: list[nn.Module] = [nn.Linear(d_in, d_hidden), nn.SiLU()]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(d_hidden, d_out))
+    return nn.Sequential(*layers)
+
+
+def _split_gaussian(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 2 d_z) -> mean (B, d_z), clamped log-variance (B, d_z)."""
+    mu, logvar = params.chunk(2, dim=-1)
+    return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+
+def _center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crop (B, C, H', W') with H' >= H, W' >= W to its central (H, W) window; an odd surplus drops at the end."""
+    H, W = size
+    top = (x.shape[-2] - H) // 2
+    left = (x.shape[-1] - W) // 2
+    return x[..., top : top + H, left : left + W]
+
+
+def _expand_batch(statics: torch.Tensor, batch: int) -> torch.Tensor:
+    """Broadcast statics given once, (1, S_ch, H, W), to (batch, S_ch, H, W) without copying."""
+    if statics.shape[0] == batch:
+        return statics
+    if statics.shape[0] != 1:
+        raise ValueError(f"statics batch size {statics.shape[0]} must be 1 or equal to the batch size {batch}")
+    return statics.expand(batch, *statics.shape[1:])
+
+
+def _gaussian_noise(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise of ``shape`` on ``like``'s device and dtype.
+
+    The noise is drawn on the generator's own device and then moved, so a CPU generator gives the same draws
+    for a model on any device.
+    """
+    device = generator.device if generator is not None else like.device
+    eps = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    return eps.to(device=like.device, dtype=like.dtype)
+
+
+def _pad_to(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad (B, C, h, w) centrally to ``shape`` (>= (h, w)), as the decoder's larger map is cropped centrally."""
+    dh, dw = shape[0] - x.shape[-2], shape[1] - x.shape[-1]
+    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))

@@ -1,0 +1,189 @@
+"""The FiLM-conditioned decoder: a learned seed from [z; h_X], upsampling blocks, spatial latents, the output head."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from precip_cvae.model._layers import DECODER_WIDTH_CAP, _center_crop, _channels, _expand_batch, _group_norm, n_scales
+from precip_cvae.model.heads import build_head
+from precip_cvae.model.latents import SpatialContext, SpatialLatent
+
+
+class FiLM(nn.Module):
+    """Per-channel affine modulation from a conditioning vector: x * (1 + scale) + shift.
+
+    Shapes
+    ------
+    x (B, C, H, W), cond (B, d_cond) -> (B, C, H, W).
+    """
+
+    def __init__(self, d_cond: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_cond, 2 * channels)
+        # Zero bias: modulation starts as pure scale noise around identity, set by [z; h_X] from step one.
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.proj(cond)[:, :, None, None].chunk(2, dim=1)
+        return x * (1 + scale) + shift
+
+
+class UpBlock(nn.Module):
+    """One decoder scale: nearest ×2 upsampling, 3×3 conv, GroupNorm, FiLM, SiLU, a second 3×3 conv, plus skip.
+
+    The skip is a 1×1 conv (identity when widths match) applied at the coarse resolution before upsampling,
+    which is cheaper and equal to doing it after (nearest upsampling commutes with a 1×1 conv).
+
+    Shapes
+    ------
+    x (B, c_in, h, w), cond (B, d_cond) -> (B, c_out, 2h, 2w).
+    """
+
+    def __init__(self, c_in: int, c_out: int, d_cond: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm1 = _group_norm(c_out)
+        self.film = FiLM(d_cond, c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm2 = _group_norm(c_out)
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        skip = F.interpolate(self.skip(x), scale_factor=2.0, mode="nearest")
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        h = F.silu(self.film(self.norm1(self.conv1(x)), cond))
+        h = F.silu(self.norm2(self.conv2(h)))
+        return h + skip
+
+
+class Decoder(nn.Module):
+    """Generate a normalized high-resolution field from a latent code and the coarse-predictor embedding.
+
+    Steps:
+
+    1. seed: ``Linear([z; h_X])`` -> (base_filters, H0, W0) with H0 = ceil(H / 2^n_up), W0 = ceil(W / 2^n_up),
+       then a FiLM-modulated 3×3 conv to the coarsest width;
+    2. ``n_up`` :class:`UpBlock` s, each doubling the resolution, halving the width (from up to 8 × base down
+       to base) and FiLM-modulated by an embedding of ``[z; h_X]``;
+    3. a **center** crop of the (H0 · 2^n_up, W0 · 2^n_up) map to exactly (H, W) (an odd surplus is removed
+       from the bottom/right);
+    4. optionally (``use_statics``) the static maps are concatenated here;
+    5. two 3×3 conv + GroupNorm + SiLU layers and a 1×1 conv to one channel, then the output head
+       (:mod:`precip_cvae.model.heads`): ``linear`` (the reference) has no activation — normalized precipitation is
+       negative on dry pixels; ``censored`` makes values below 0 mm/day exactly dry.
+
+    With ``latent_scales``, a :class:`SpatialLatent` after the seed or block at each of those factors draws a latent
+    map (from the posterior where the pass's :class:`SpatialContext` has the encoder's maps, else from the prior).
+
+    Parameters
+    ----------
+    d_z, d_x : sizes of z and h_X.
+    hr_shape : (H, W), pixels.
+    base_filters : width at full resolution.
+    n_statics : S_ch (only used when ``use_statics``).
+    use_statics : concatenate the static maps before the output layers.
+    dropout : dropout probability in the conditioning MLP.
+    output : the output head (``model.output``); dry_z : (H, W) normalized 0 mm/day, which ``censored`` needs.
+
+    Shapes
+    ------
+    z (B, d_z), h_x (B, d_x), statics (B or 1, S_ch, H, W) or None -> (B, 1, H, W) normalized precipitation.
+    """
+
+    def __init__(
+        self,
+        d_z: int,
+        d_x: int,
+        hr_shape: tuple[int, int],
+        base_filters: int,
+        n_statics: int = 0,
+        use_statics: bool = False,
+        dropout: float = 0.0,
+        latent_scales: tuple[int, ...] = (),
+        latent_channels: int = 4,
+        encoder_channels: tuple[int, ...] = (),
+        output: str = "linear",
+        dry_z: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.hr_shape = (int(hr_shape[0]), int(hr_shape[1]))
+        self.n_up = n_scales(self.hr_shape)
+        levels = {}
+        for factor in latent_scales:
+            level = int(math.log2(factor))
+            if 2**level != factor or level > self.n_up or level >= len(encoder_channels):
+                raise ValueError(
+                    f"model.latent_scales: {factor} is not a power of 2 of at most {2**self.n_up} on a "
+                    f"{self.hr_shape[0]} x {self.hr_shape[1]} grid (the decoder's coarsest map is {2**self.n_up}x)"
+                )
+            levels[level] = factor
+        self.use_statics = bool(use_statics) and n_statics > 0
+        factor = 2**self.n_up
+        self.seed_shape = (math.ceil(self.hr_shape[0] / factor), math.ceil(self.hr_shape[1] / factor))
+        d_cond = d_z + d_x
+        # The seed carries only base_filters channels: a per-pixel linear map is the model's largest layer.
+        self.seed_channels = base_filters
+        self.seed = nn.Linear(d_cond, self.seed_channels * self.seed_shape[0] * self.seed_shape[1])
+        # Shared nonlinear embedding of [z; h_X] that feeds every FiLM layer.
+        cond_layers: list[nn.Module] = [nn.Linear(d_cond, d_cond), nn.SiLU()]
+        if dropout > 0:
+            cond_layers.append(nn.Dropout(dropout))
+        self.cond = nn.Sequential(*cond_layers)
+
+        width = _channels(base_filters, self.n_up, DECODER_WIDTH_CAP)
+        self.seed_conv = nn.Conv2d(self.seed_channels, width, 3, padding=1)
+        self.seed_norm = _group_norm(width)
+        self.seed_film = FiLM(d_cond, width)
+        self.blocks = nn.ModuleList()
+        # spatial latents by decoder level (the seed is level n_up, block i outputs level n_up - 1 - i)
+        self.latents = nn.ModuleDict()
+        for level in range(self.n_up, -1, -1):
+            if level < self.n_up:
+                out = _channels(base_filters, level, DECODER_WIDTH_CAP)
+                self.blocks.append(UpBlock(width, out, d_cond))
+                width = out
+            if level in levels:
+                self.latents[str(level)] = SpatialLatent(width, encoder_channels[level], latent_channels, levels[level])
+
+        head_in = width + (n_statics if self.use_statics else 0)
+        self.head = nn.Sequential(
+            nn.Conv2d(head_in, base_filters, 3, padding=1),
+            _group_norm(base_filters),
+            nn.SiLU(),
+            nn.Conv2d(base_filters, base_filters, 3, padding=1),
+            _group_norm(base_filters),
+            nn.SiLU(),
+        )
+        self.out_conv = nn.Conv2d(base_filters, 1, 1)
+        self.output = build_head(output, self.hr_shape, dry_z)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        h_x: torch.Tensor,
+        statics: torch.Tensor | None = None,
+        spatial: SpatialContext | None = None,
+    ) -> torch.Tensor:
+        spatial = spatial or SpatialContext()
+        cond_in = torch.cat([z, h_x], dim=1)
+        cond = self.cond(cond_in)
+        x = self.seed(cond_in).view(-1, self.seed_channels, *self.seed_shape)
+        x = F.silu(self.seed_film(self.seed_norm(self.seed_conv(x)), cond))
+        if str(self.n_up) in self.latents:
+            x = self.latents[str(self.n_up)](x, self.n_up, spatial)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cond)
+            level = self.n_up - 1 - i
+            if str(level) in self.latents:
+                x = self.latents[str(level)](x, level, spatial)
+        x = _center_crop(x, self.hr_shape)
+        if self.use_statics:
+            if statics is None:
+                raise ValueError("this decoder was built with decoder_statics=True and needs the static maps")
+            x = torch.cat([x, _expand_batch(statics, x.shape[0]).to(x.dtype)], dim=1)
+        return self.output(self.out_conv(self.head(x)))
