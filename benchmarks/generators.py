@@ -35,12 +35,12 @@ COMMON = [
     "train.batch_size=16",
     "train.lr=0.002",
     "train.warmup_epochs=3",
-    "train.device=cpu",
     "train.amp=false",
     "train.save_every=1000",
 ]
-#: Stands for ``model.latent_scales``: 8 and 4 where the grid allows, else its two coarsest decoder scales.
-SCALES = "model.latent_scales=auto"
+#: Spatial latents at 1/8 and 1/4 of the grid; a grid too small for them gets both shifted down together
+#: (``model.fit_latent_scales``: (2, 1) on E-OBS's 19 x 29 and Fraser's 14 x 31).
+SCALES = "model.latent_scales=[8,4]"
 #: name -> config overrides on top of COMMON.
 VARIANTS = {
     # the reference design at this size: N(0, I) prior, no statics in the decoder, beta 0.5
@@ -53,6 +53,9 @@ VARIANTS = {
     "spatial": ["model.prior=conditional", "model.decoder_statics=true", "loss.beta_kl=0.005", SCALES],
     "spatial_crps": ["model.prior=conditional", "model.decoder_statics=true", "loss.beta_kl=0.005", SCALES,
                      "loss.crps_weight=1.0"],
+    # + the censored output: exactly dry below 0 mm/day (a mixed discrete-continuous output)
+    "censored": ["model.prior=conditional", "model.decoder_statics=true", "loss.beta_kl=0.005", SCALES,
+                 "loss.crps_weight=1.0", "model.output=censored"],
 }  # fmt: skip
 
 
@@ -86,7 +89,7 @@ def prepare_dataset(name: str, work: Path, synth: dict | None = None) -> Path:
     return out / "data"
 
 
-def run_variant(data_root: Path, work: Path, variant: str, epochs: int) -> dict:
+def run_variant(data_root: Path, work: Path, variant: str, epochs: int, device: str = "cpu") -> dict:
     """Train (unless done), evaluate and gate one variant; returns its row of the table."""
     import torch
 
@@ -94,18 +97,14 @@ def run_variant(data_root: Path, work: Path, variant: str, epochs: int) -> dict:
     from precip_cvae.data.dataset import PreparedData
     from precip_cvae.evaluate import run_evaluate
     from precip_cvae.generator import build_model
-    from precip_cvae.model import flops_per_sample, n_scales
+    from precip_cvae.model import flops_per_sample
     from precip_cvae.sample import SampleOptions, run_sample
     from precip_cvae.train import fit
 
     out = work / variant
     data = PreparedData(data_root)
-    top = min(3, n_scales(data.hr_shape))
-    scales = f"model.latent_scales={sorted({2**top, 2 ** max(0, top - 1)}, reverse=True)}"
-    overrides = [scales if o == SCALES else o for o in VARIANTS[variant]]
-    config = load_config(
-        None, [f"data.data_root={data_root}", f"data.outputs_root={out}", *COMMON, *overrides, f"train.epochs={epochs}"]
-    )
+    config = load_config(None, [f"data.data_root={data_root}", f"data.outputs_root={out}", *COMMON, *VARIANTS[variant],
+                                f"train.epochs={epochs}", f"train.device={device}"])  # fmt: skip
     log = out / "logs" / "train_log.csv"
     done = log.is_file() and len(list(csv.DictReader(open(log)))) >= epochs
     if not done:
@@ -159,12 +158,31 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+COLUMNS = ["system", "CRPS_all", "CRPS_heavy", "twCRPS_P95", "spread_skill_all", "spread_skill_heavy", "rank_rel_dev",
+           "rapsd_ratio_smallest", "wet_day_freq_bias", "P99_bias_heavy", "gate_acceptance", "train_minutes",
+           "gflop_per_training_sample"]  # fmt: skip
+
+
+def write_table(work: Path, table: dict[str, list[dict]]) -> str:
+    """Write ``generators.md`` and ``generators.json`` under ``work``; returns the markdown."""
+    lines = []
+    for dataset, rows in table.items():
+        lines += [f"\n### {dataset}\n", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+        lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    text = "\n".join(lines)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "generators.md").write_text(text + "\n")
+    (work / "generators.json").write_text(json.dumps(table, indent=2))
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="synthetic,eobs,fraser")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--work", type=Path, default=Path("work/generators"))
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="train and evaluate here (cpu; cuda for longer trainings)")
     parser.add_argument("--synthetic-days", type=int, default=3000, help="days of the synthetic benchmark (3000)")
     parser.add_argument(
         "--synthetic-shape", type=int, nargs=4, default=(13, 11, 156, 132), metavar=("h", "w", "H", "W")
@@ -181,30 +199,20 @@ def main() -> None:
         started = time.perf_counter()
         data_root = prepare_dataset(dataset, args.work, synth)
         rows: list[dict] = []
-        baselines: dict | None = None
+        baselines: dict = {}
         for variant in [v for v in args.variants.split(",") if v]:
-            result = run_variant(data_root, args.work / dataset, variant, args.epochs)
+            result = run_variant(data_root, args.work / dataset, variant, args.epochs, args.device)
             systems = result["metrics"]["systems"]
             baselines = baselines or {k: v for k, v in systems.items() if k != "model"}
             rows.append(_row(variant, systems["model"], {
                 "gate_acceptance": result["acceptance"], "train_minutes": result["train_minutes"],
                 "gflop_per_training_sample": result["gflop_per_training_sample"]}))  # fmt: skip
-        for name, system in (baselines or {}).items():
-            rows.append(_row(name, system))
-        table[dataset] = rows
-        print(f"{dataset}: {time.perf_counter() - started:.0f} s")
-    columns = ["system", "CRPS_all", "CRPS_heavy", "twCRPS_P95", "spread_skill_all", "spread_skill_heavy",
-               "rank_rel_dev", "rapsd_ratio_smallest", "wet_day_freq_bias", "P99_bias_heavy", "gate_acceptance",
-               "train_minutes", "gflop_per_training_sample"]  # fmt: skip
-    lines = []
-    for dataset, rows in table.items():
-        lines += [f"\n### {dataset}\n", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-        lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    text = "\n".join(lines)
-    args.work.mkdir(parents=True, exist_ok=True)
-    (args.work / "generators.md").write_text(text + "\n")
-    (args.work / "generators.json").write_text(json.dumps(table, indent=2))
-    print(text)
+            # the table so far, after each variant: a run stopped part way still leaves its finished rows
+            table[dataset] = rows + [_row(name, system) for name, system in baselines.items()]
+            write_table(args.work, table)
+            print(f"{dataset}/{variant}: trained {result['train_minutes']:.1f} min", flush=True)
+        print(f"{dataset}: {time.perf_counter() - started:.0f} s", flush=True)
+    print(write_table(args.work, table))
 
 
 if __name__ == "__main__":
