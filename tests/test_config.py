@@ -93,3 +93,18 @@ def test_command_flags_are_config_overrides(capsys):
     assert "evaluate.K" in capsys.readouterr().err
     assert main(["experiment", "--arms", "baseline,magic", "--quiet"]) == 2
     assert "experiment.arms: unknown magic" in capsys.readouterr().err
+
+
+def test_the_reference_preset_is_the_reference_design():
+    from precip_cvae.config import REFERENCE
+
+    ref = load_config("reference", ["train.epochs=3"])
+    assert ref.train.epochs == 3
+    for section, values in REFERENCE.items():
+        for key, value in values.items():
+            assert getattr(getattr(ref, section), key) == value, (section, key)
+            assert getattr(getattr(Config(), section), key) != value, (section, key)  # the default is the winner
+    assert (ref.model.prior, ref.model.latent_scales, ref.model.output) == ("standard", (), "linear")
+    assert (ref.loss.beta_kl, ref.loss.crps_weight, ref.model.d_z) == (0.5, 0.0, 64)
+    with pytest.raises(InputError, match="referenc: config file not found"):
+        load_config("referenc")

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from precip_cvae.config import ModelConfig
+from precip_cvae.config import REFERENCE, ModelConfig
 from precip_cvae.model import (
     CVAE,
     ConditionalPrior,
@@ -19,7 +19,8 @@ from precip_cvae.model import (
     n_scales,
 )
 
-SMALL = ModelConfig(d_z=8, base_filters=4, d_x=16, d_y=16)
+# the reference design's network at a small size; tests of the newer options set them
+SMALL = ModelConfig(d_z=8, base_filters=4, d_x=16, d_y=16, **REFERENCE["model"])
 C, S = 3, 4
 
 
@@ -311,3 +312,6 @@ def test_output_head_errors():
         make_model((4, 3), (24, 20), output="hurdle")
     with pytest.raises(ValueError, match=r"dry_z: expected shape \(24, 20\)"):
         CVAE(C, S, (4, 3), (24, 20), dataclasses.replace(SMALL, output="censored"), torch.zeros(20, 24))
+    unset = make_model((4, 3), (24, 20), output="censored")  # no dry value, no checkpoint loaded
+    with pytest.raises(ValueError, match="the censored output needs the normalized 0 mm/day"):
+        unset(*make_batch((4, 3), (24, 20)))

@@ -22,20 +22,23 @@ from tests.cases import TINY_MODEL
 TINY = TINY_MODEL
 
 
-def _config(data: Path, out: Path, *extra: str):
-    return load_config(None, [f"data.data_root={data}", f"data.outputs_root={out}", *TINY, *extra])
+def _config(data: Path, out: Path, *extra: str, base: str | None = None):
+    """The default generator at a tiny size (``base="reference"``: the reference design's)."""
+    return load_config(base, [f"data.data_root={data}", f"data.outputs_root={out}", *TINY, *extra])
 
 
 SPATIAL_CRPS = ["model.latent_scales=[2,1]", "loss.crps_weight=1.0", "loss.crps_members=2"]
 
 
 @pytest.mark.parametrize(
-    "variant",
-    [pytest.param([], id="reference"), pytest.param(["model.output=censored"], id="censored"),
-     pytest.param(SPATIAL_CRPS, id="spatial+crps", marks=pytest.mark.slow)],
+    "base, variant",
+    [pytest.param("reference", [], id="reference"),
+     pytest.param("reference", ["model.output=censored"], id="reference+censored"),
+     pytest.param("reference", SPATIAL_CRPS, id="reference+spatial+crps", marks=pytest.mark.slow),
+     pytest.param(None, ["loss.crps_members=2"], id="default", marks=pytest.mark.slow)],
 )  # fmt: skip
-def test_overfit_one_batch(prepared, tmp_path, variant):
-    config = _config(prepared, tmp_path, "model.base_filters=8", "model.d_z=8", *variant)
+def test_overfit_one_batch(prepared, tmp_path, base, variant):
+    config = _config(prepared, tmp_path, "model.base_filters=8", "model.d_z=8", *variant, base=base)
     trainer = Trainer(config, progress=False)
     batch = trainer.to_device(next(iter(trainer.train_loader(0))))
     opt = torch.optim.Adam(trainer.model.parameters(), lr=3e-3)
@@ -82,7 +85,7 @@ def test_fit_writes_checkpoints_and_log_and_they_round_trip(prepared, tmp_path):
     # mean, so by the triangle inequality it is at most the mean MAE of one sample (val_MAE_member)
     for row in rows:
         assert float(row["val_MAE_all"]) <= float(row["val_MAE_member"]) + 1e-6
-    assert float(rows[0]["beta"]) < float(rows[1]["beta"]) == pytest.approx(0.5)  # KL warm-up over 1 epoch
+    assert float(rows[0]["beta"]) < float(rows[1]["beta"]) == pytest.approx(config.loss.beta_kl)  # warm-up: 1 epoch
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert result["last_row"]["epoch"] == 2
     with pytest.raises(InputError, match="--resume"):
@@ -145,8 +148,8 @@ def test_stratified_batches_reach_the_heavy_share(prepared, tmp_path):
 
 
 def test_overwrite_leaves_nothing_of_the_previous_run(prepared, tmp_path):
-    fit(_config(prepared, tmp_path, "train.epochs=2", "train.save_every=1"), progress=False)
-    fit(_config(prepared, tmp_path, "train.epochs=1"), overwrite=True, progress=False)
+    fit(_config(prepared, tmp_path, "train.epochs=2", "train.save_every=1", base="reference"), progress=False)
+    fit(_config(prepared, tmp_path, "train.epochs=1", base="reference"), overwrite=True, progress=False)
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
     assert names == ["cvae_best.pt", "cvae_epoch_001.pt", "cvae_last.pt"]
     assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "logs" / "train_log.csv"))] == ["1"]
@@ -165,8 +168,8 @@ def test_the_ensemble_crps_term_trains_and_is_logged(prepared, tmp_path):
         terms = trainer.loss_fn(0.0)(trainer.forward(trainer.model, batch, None), batch)
     expected = terms["L_rec"] + 0.1 * terms["L_mass"] + 1.0 * terms["L_crps"]
     assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-6)
-    # off by default: the reference's loss, no prior draws
-    plain = Trainer(_config(prepared, tmp_path / "plain"), progress=False)
+    # off in the reference design: its loss, no prior draws
+    plain = Trainer(_config(prepared, tmp_path / "plain", base="reference"), progress=False)
     assert plain.n_prior == 0 and "prior_samples" not in plain.forward(plain.model, batch, None)
 
 
@@ -200,8 +203,27 @@ def test_the_censored_output_trains_and_its_samples_are_exactly_dry_in_mm(prepar
     data = PreparedData(prepared)
     gen = Generator.from_outputs(data, tmp_path, None, torch.device("cpu"))
     np.testing.assert_array_equal(gen.model.decoder.output.dry_z[0, 0].numpy(), data.normalization.dry_z)
+    with torch.no_grad():  # two epochs leave it wet nearly everywhere: lower its output so that both parts occur
+        gen.model.decoder.out_conv.bias -= 0.5
     _, z, mm = gen.draw(list(range(6)), 4, "prior", 1.0, gen.rng(0))
     valid = data.valid_mask
-    assert (z[:, :, valid] >= data.normalization.dry_z[valid] - 1e-6).all()
-    dry = mm[:, :, valid] == 0.0
-    assert 0.0 < dry.mean() < 1.0  # exact zeros and wet pixels, from the same fields
+    z, mm, dry_z = z[:, :, valid], mm[:, :, valid], data.normalization.dry_z[valid]
+    assert (z >= dry_z).all()
+    censored = z == dry_z
+    assert 0.0 < censored.mean() < 1.0
+    assert (mm[censored] == 0.0).all()  # exactly dry in mm/day
+    assert (mm[z > dry_z + 1e-3] > 0.0).all()
+
+
+def test_a_checkpoint_written_before_the_new_options_loads_as_the_reference_design(prepared, tmp_path):
+    from precip_cvae.model import LinearHead
+
+    config = load_config("reference", [f"data.data_root={prepared}", f"data.outputs_root={tmp_path}", *TINY,
+                                       "train.epochs=1"])  # fmt: skip
+    fit(config, progress=False)
+    state = load_checkpoint(tmp_path / "checkpoints" / "cvae_last.pt")
+    for key in ("latent_scales", "latent_channels", "output"):  # what a pre-issue-10 checkpoint lacks
+        del state["config"]["model"][key]
+    model = build_model_from_checkpoint(state)
+    assert isinstance(model.decoder.output, LinearHead) and len(model.decoder.latents) == 0
+    assert model.config.prior == "standard"

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from precip_cvae.checkpoint import check_against, load_checkpoint
-from precip_cvae.config import ModelConfig
+from precip_cvae.config import REFERENCE, ModelConfig
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.errors import InputError
 from precip_cvae.model import CVAE
@@ -44,11 +44,12 @@ def build_model(data: PreparedData, config: ModelConfig) -> CVAE:
 
 
 def build_model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu") -> CVAE:
-    """Rebuild the model a checkpoint was trained as and load its weights (in eval mode)."""
+    """Rebuild the model a checkpoint was trained as and load its weights (in eval mode). A key its config lacks
+    (written before that option existed) takes the reference design's value, which is what it was trained as."""
     shapes = state["shapes"]
     model = CVAE(
         shapes["in_channels"], len(shapes["statics"]), tuple(shapes["lr_shape"]), tuple(shapes["hr_shape"]),
-        ModelConfig(**state["config"]["model"]),
+        ModelConfig(**{**REFERENCE["model"], **state["config"]["model"]}),
     )  # fmt: skip
     model.load_state_dict(state["model_state_dict"])
     return model.to(device).eval()

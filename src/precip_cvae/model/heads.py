@@ -35,7 +35,7 @@ class CensoredHead(nn.Module):
     ----------
     hr_shape : (H, W)
     dry_z : (H, W) normalized value of 0 mm/day (``Normalization.dry_z``); a buffer, so checkpoints carry it. None
-        leaves zeros, to be filled by ``load_state_dict``.
+        leaves it unset until ``load_state_dict`` fills it; a forward pass before that is an error.
     """
 
     def __init__(self, hr_shape: tuple[int, int], dry_z: np.ndarray | torch.Tensor | None = None) -> None:
@@ -47,8 +47,15 @@ class CensoredHead(nn.Module):
                 raise ValueError(f"dry_z: expected shape {tuple(hr_shape)}, got {tuple(dry_z.shape)}")
             dry = dry_z.reshape(1, 1, *hr_shape).clone()
         self.register_buffer("dry_z", dry)
+        self.ready = dry_z is not None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.ready = self.ready or prefix + "dry_z" in state_dict
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        if not self.ready:
+            raise ValueError("the censored output needs the normalized 0 mm/day (dry_z): pass it or load a checkpoint")
         dry = self.dry_z.to(raw.dtype)
         # the value is exactly max(raw, dry); the gradient is that of raw everywhere (straight through the censoring:
         # raw - raw.detach() is exactly 0 and carries raw's gradient)
