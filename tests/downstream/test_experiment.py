@@ -56,6 +56,19 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     text = (out / "experiment.md").read_text()
     assert text.startswith("# Downstream experiment") and "Best for extremes" in text
     assert (out / "qq_per_arm.png").is_file() and (out / "bars_MAE_tail_all.png").is_file()
+    # each run keeps per-test-day sums that add up to its scores (the bootstrap's inputs)
+    run = json.loads((out / "runs" / "baseline_seed0.json").read_text())
+    daily, heavy = run["daily"], np.array(run["daily"]["heavy"])
+    assert len(daily["day"]) == report["test_days"] and heavy.sum() == report["heavy_test_days"]
+    for m in ("MAE_tail", "MAE_all"):
+        num, den = np.array(daily[m]["num"]), np.array(daily[m]["den"])
+        assert num.sum() / den.sum() == pytest.approx(run["all"][m], rel=1e-9)
+        if heavy.any() and den[heavy].sum() > 0:
+            assert num[heavy].sum() / den[heavy].sum() == pytest.approx(run["heavy"][m], rel=1e-9)
+    paired = report["summary"]["augment"]["all"]["MAE_tail"]["paired"]
+    assert paired["n_seeds"] == 2 and paired["mean"] == pytest.approx(
+        report["summary"]["augment"]["all"]["MAE_tail"]["minus_baseline"]["mean"]
+    )
     # finished runs are kept: a second call trains nothing and gives the same numbers
     again = subprocess.run(argv, capture_output=True, text=True)
     assert again.returncode == 0
@@ -100,3 +113,49 @@ def test_planted_case_oversampling_beats_the_baseline_on_extremes(tmp_path):
     diff = report["summary"]["oversample"]["all"]["MAE_tail"]["minus_baseline"]
     assert diff["mean"] < 0 and diff["high"] < 0, diff
     assert Path(tmp_path / "out" / "experiment" / "experiment.md").is_file()
+
+
+def test_verdict_gives_the_bootstrap_interval_and_the_minimum_detectable_effect():
+    def block(mean, paired=None):
+        entry = {"value": {"mean": mean, "low": mean - 1, "high": mean + 1, "n": 5},
+                 "minus_baseline": {"mean": mean - 10, "low": None, "high": None, "n": 5}}  # fmt: skip
+        if paired:
+            entry["paired"] = {"mean": mean - 10, "se": 0.5, "n_seeds": 5, "n_days": 30, "block": 7, **paired}
+        return {"heavy": {"MAE_tail": entry}}
+
+    helps = {"baseline": block(10), "augment": block(8, {"low": -3.0, "high": -1.0, "mde": 1.5})}
+    text = verdict(helps)
+    assert "[-3.00, -1.00] over 5 seeds and 30 test days (bootstrap in 7-day blocks): larger than the noise" in text
+    assert "could detect with 80 % power is 1.50 mm/day (15% of the baseline's)" in text
+    none = {"baseline": block(10), "augment": block(10.4, {"low": -0.5, "high": 1.3, "mde": 1.2})}
+    text = verdict(none)
+    assert "no alternative beat the plain baseline (the nearest, augment, by +0.40 mm/day" in text
+    assert "1.20 mm/day, 12% of the baseline's" in text
+
+
+def test_summary_bootstraps_the_per_day_sums_of_runs_that_have_them():
+    """Runs with per-day sums get the seed-and-day bootstrap ("paired"); runs stored before get seed intervals."""
+    from precip_cvae.downstream.experiment import DAILY_SCORES, summarize
+
+    rng = np.random.default_rng(0)
+    days = list(range(12))
+
+    def run(shift):
+        num = rng.gamma(2.0, 3.0, 12) + shift
+        den = rng.integers(1, 5, 12).astype(float)
+        daily = {"day": days, "heavy": [d % 3 == 0 for d in days]}
+        daily.update({m: {"num": num.tolist(), "den": den.tolist()} for m in DAILY_SCORES})
+        score = {m: float(num.sum() / den.sum()) for m in DAILY_SCORES}
+        heavy = [d % 3 == 0 for d in days]
+        hscore = {m: float(num[heavy].sum() / den[heavy].sum()) for m in DAILY_SCORES}
+        return {"all": score, "heavy": hscore, "daily": daily}
+
+    results = {"baseline": [run(0.0) for _ in range(4)], "augment": [run(-1.0) for _ in range(4)]}
+    summary = summarize(results)
+    for subset in ("all", "heavy"):
+        entry = summary["augment"][subset]["MAE_tail"]
+        assert entry["paired"]["mean"] == pytest.approx(entry["minus_baseline"]["mean"])
+        assert entry["paired"]["n_seeds"] == 4 and entry["paired"]["n_days"] == (12 if subset == "all" else 4)
+        assert entry["paired"]["low"] < entry["paired"]["mean"] < entry["paired"]["high"]
+    old = {arm: [{k: v for k, v in r.items() if k != "daily"} for r in runs] for arm, runs in results.items()}
+    assert "paired" not in summarize(old)["augment"]["all"]["MAE_tail"]  # runs stored before: seed intervals only

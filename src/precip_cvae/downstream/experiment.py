@@ -38,6 +38,7 @@ from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.sample_store import SampleStore
 from precip_cvae.downstream.losses import crps_from_quantiles, density_weights, pinball, weighted_mae
 from precip_cvae.downstream.srdrn import SRDRN
+from precip_cvae.downstream.stats import paired_difference
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import write_json
 from precip_cvae.generator import select_device
@@ -266,6 +267,12 @@ def train_run(
     return model.eval()
 
 
+#: Scores kept day by day (numerator and denominator sums of the Deterministic accumulator), for the bootstrap.
+DAILY_SCORES = {"MAE_tail": ("tail_abs", "tail_n"), "MAE_all": ("abs", "n")}
+#: Consecutive test days per bootstrap block: daily weather is autocorrelated over a few days.
+BOOTSTRAP_BLOCK_DAYS = 7
+
+
 def point_scores(thresholds: dict[str, float]) -> Scores:
     """The scores of a point prediction on test days, in mm/day: the accumulators (and names) of `evaluate`'s."""
     return Scores(
@@ -284,6 +291,7 @@ def score_run(model: SRDRN, plan: ArmPlan, data: PreparedData, options: Experime
     thresholds.update({f"{t:g}mm": t for t in options.fixed_thresholds_mm})
     scores = {"all": point_scores(thresholds), "heavy": point_scores(thresholds)}
     crps_q = {"all": Mean("CRPS_q"), "heavy": Mean("CRPS_q")}
+    daily: dict = {"day": [], "heavy": [], **{m: {"num": [], "den": []} for m in DAILY_SCORES}}
     statics = torch.from_numpy(data.statics)[None].to(device)
     days = data.ids("test")
     median = options.quantiles.index(0.5) if plan.quantile and 0.5 in options.quantiles else 0
@@ -302,6 +310,13 @@ def score_run(model: SRDRN, plan: ArmPlan, data: PreparedData, options: Experime
                 crps = crps_from_quantiles(torch.from_numpy(mm[b][None]), torch.from_numpy(obs[None, None]),
                                            options.quantiles, torch.from_numpy(mask[None, None]))  # fmt: skip
             fields = Fields.single(mm[b, median], obs, mask)
+            one = Deterministic(tail=thresholds["P95"])  # this day's sums, for the bootstrap over days
+            one.accum(fields)
+            daily["day"].append(int(day))
+            daily["heavy"].append(bool(data.is_heavy(day)))
+            for m, (num, den) in DAILY_SCORES.items():
+                daily[m]["num"].append(float(one.get(num)))
+                daily[m]["den"].append(float(one.get(den)))
             for subset in ("all", "heavy") if data.is_heavy(day) else ("all",):
                 scores[subset].add(fields)
                 if crps is not None:
@@ -313,7 +328,7 @@ def score_run(model: SRDRN, plan: ArmPlan, data: PreparedData, options: Experime
         "sim": [intensities.sim.quantile(q) for q in levels],
         "obs": [intensities.obs.quantile(q) for q in levels],
     }
-    return {**{k: {**v.compute(), **crps_q[k].compute()} for k, v in scores.items()}, "qq": qq}
+    return {**{k: {**v.compute(), **crps_q[k].compute()} for k, v in scores.items()}, "qq": qq, "daily": daily}
 
 
 def _interval(values: list[float]) -> dict:
@@ -327,8 +342,30 @@ def _interval(values: list[float]) -> dict:
     return {"mean": float(x.mean()), "low": float(x.mean() - half), "high": float(x.mean() + half), "n": int(x.size)}
 
 
+def _paired(runs: list[dict], base: list[dict], subset: str, metric: str) -> dict | None:
+    """The seed-and-day bootstrap of ``metric``'s difference to ``baseline`` on ``subset``'s test days (None for runs
+    stored before per-day sums were kept, or runs of other days)."""
+    n = min(len(runs), len(base))
+    pairs = list(zip(runs[:n], base[:n], strict=True))
+    if n == 0 or any("daily" not in r or "daily" not in b or r["daily"]["day"] != b["daily"]["day"] for r, b in pairs):
+        return None
+    keep = np.ones(len(base[0]["daily"]["day"]), bool)
+    if subset == "heavy":
+        keep = np.array(base[0]["daily"]["heavy"], bool)
+    if not keep.any():
+        return None
+
+    def arrays(group: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        num = np.array([g["daily"][metric]["num"] for g in group])[:, keep]
+        den = np.array([g["daily"][metric]["den"] for g in group])[:, keep]
+        return num, den
+
+    return paired_difference(*arrays(runs[:n]), *arrays(base[:n]), block=BOOTSTRAP_BLOCK_DAYS)
+
+
 def summarize(results: dict[str, list[dict]]) -> dict:
-    """Per arm and metric: mean and 95 % CI over seeds, and the paired difference to ``baseline``."""
+    """Per arm and metric: mean and 95 % CI over seeds, and the paired difference to ``baseline`` (its interval over
+    seeds, and for :data:`DAILY_SCORES` the seed-and-day bootstrap with the minimum detectable effect, "paired")."""
     summary: dict = {}
     base = results.get("baseline")
     for arm, runs in results.items():
@@ -342,6 +379,10 @@ def summarize(results: dict[str, list[dict]]) -> dict:
                     pairs = [r[subset][m] - b[subset][m] for r, b in zip(runs, base, strict=False)
                              if r[subset][m] is not None and b[subset][m] is not None]  # fmt: skip
                     entry["minus_baseline"] = _interval(pairs)
+                    if m in DAILY_SCORES:
+                        paired = _paired(runs, base, subset, m)
+                        if paired is not None:
+                            entry["paired"] = paired
                 block[m] = entry
             summary[arm][subset] = block
     return summary
@@ -364,11 +405,21 @@ def verdict(summary: dict) -> str:
         f"Best for extremes: **{best}**, with an MAE over pixels at or above P95 on {subset} test days of "
         f"{value['mean']:.2f} mm/day"
     )
+    base = summary["baseline"][subset][key]["value"]["mean"] if "baseline" in summary else None
     if "baseline" in summary and best != "baseline":
         diff = summary[best][subset][key]["minus_baseline"]
-        base = summary["baseline"][subset][key]["value"]["mean"]
+        paired = summary[best][subset][key].get("paired")
         text += f" against {base:.2f} for the baseline (paired difference {diff['mean']:+.2f} mm/day"
-        if diff["low"] is not None:
+        if paired is not None and np.isfinite(paired["se"]):
+            beyond = paired["high"] < 0 or paired["low"] > 0
+            text += (
+                f", 95 % interval [{paired['low']:+.2f}, {paired['high']:+.2f}] over {paired['n_seeds']} seeds and "
+                f"{paired['n_days']} test days (bootstrap in {paired['block']}-day blocks): "
+            )
+            text += "larger than the noise" if beyond else "not distinguishable from the noise"
+            text += f"; the smallest difference this run could detect with 80 % power is {paired['mde']:.2f} mm/day"
+            text += f" ({paired['mde'] / base:.0%} of the baseline's))." if base else ")."
+        elif diff["low"] is not None:
             beyond = diff["high"] < 0 or diff["low"] > 0
             text += f", 95 % interval [{diff['low']:+.2f}, {diff['high']:+.2f}] over {diff['n']} seeds: "
             text += (
@@ -377,7 +428,16 @@ def verdict(summary: dict) -> str:
         else:
             text += "; one seed, no interval)."
     elif best == "baseline":
-        text += ": no alternative beat the plain baseline."
+        text += ": no alternative beat the plain baseline"
+        nearest = ranked[1] if len(ranked) > 1 else None
+        paired = summary[nearest][subset][key].get("paired") if nearest else None
+        if paired is not None and np.isfinite(paired["se"]) and base:
+            text += (
+                f" (the nearest, {nearest}, by {paired['mean']:+.2f} mm/day, 95 % interval [{paired['low']:+.2f}, "
+                f"{paired['high']:+.2f}]; the smallest difference this run could detect with 80 % power is "
+                f"{paired['mde']:.2f} mm/day, {paired['mde'] / base:.0%} of the baseline's)"
+            )
+        text += "."
     return text + " Ranking by this metric: " + " < ".join(ranked) + "."
 
 
