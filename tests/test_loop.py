@@ -68,3 +68,18 @@ def test_non_finite_losses_are_skipped_then_stop_the_run_with_advice():
 
 def test_mixed_precision_is_off_on_the_cpu():
     assert Precision.for_device(torch.device("cpu"), amp=True) == Precision()
+
+
+def test_a_learning_rate_per_step_is_set_before_each_step():
+    x, y = _data()
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+
+    def loss_for_step(i):
+        seen.append(opt.param_groups[0]["lr"])
+        return _mse
+
+    run_steps(model, [{"x": x, "y": y}] * 4, opt, loss_for_step, forward=_forward, to_device=lambda d: d, n_steps=4,
+              progress=False, lr_for_step=lambda i: 0.5 / (i + 1))  # fmt: skip
+    assert seen == pytest.approx([0.5, 0.25, 0.5 / 3, 0.125])

@@ -208,7 +208,10 @@ class ExperimentConfig:
     when > 0. ``grad_clip``: largest gradient norm (0 = off). ``filters``/``n_blocks``: SRDRN's width and depth (the
     paper's: 64 and 16). ``per_day``: synthetic samples used per heavy training day. ``oversample_share``: the heavy
     share of the ``oversample`` arm's draws (by default that of ``augment``). ``source``: the sample store (default
-    ``<outputs_root>/synth``).
+    ``<outputs_root>/synth``). ``schedule``: the learning rate over the steps, "constant" or "cosine" (decay to 0).
+    ``bn_momentum``: SRDRN's BatchNorm momentum in PyTorch's convention (0.5: Keras' 0.5 of the original code, so the
+    running statistics come from the last few batches). ``bn_recalibrate``: when > 0, after training the BatchNorm
+    statistics are re-estimated as the plain average over that many batches of the arm's training rows.
     """
 
     arms: tuple[str, ...] = ARMS
@@ -226,6 +229,9 @@ class ExperimentConfig:
     oversample_share: float | None = None
     fixed_thresholds_mm: tuple[float, ...] = (10.0, 25.0, 50.0)
     source: str | None = None
+    schedule: str = "constant"
+    bn_momentum: float = 0.5
+    bn_recalibrate: int = 0
 
 
 #: The reference design's values of the keys whose defaults changed (what the ``reference`` preset sets).
@@ -266,6 +272,7 @@ _CHOICES = {
     "sampling.mode": ("posterior", "prior"),
     "evaluate.split": ("test", "val", "train"),
     "evaluate.mode": ("prior", "posterior"),
+    "experiment.schedule": ("constant", "cosine"),
 }
 #: Keys whose value is a tuple of choices.
 _MEMBER_CHOICES = {
@@ -433,6 +440,8 @@ def validate(config: Config) -> None:
         ("experiment.grad_clip", config.experiment.grad_clip >= 0),
         ("experiment.filters", config.experiment.filters >= 1),
         ("experiment.n_blocks", config.experiment.n_blocks >= 1),
+        ("experiment.bn_momentum", 0.0 < config.experiment.bn_momentum <= 1.0),
+        ("experiment.bn_recalibrate", config.experiment.bn_recalibrate >= 0),
         ("experiment.quantiles", all(0 < q < 1 for q in config.experiment.quantiles)),
         ("experiment.per_day", config.experiment.per_day >= 1),
         (

@@ -124,12 +124,14 @@ def run_steps(
     progress: bool = True,
     batch_size_key: str = "train.batch_size",
     advice: str = "lower the learning rate, set a gradient clip, or set train.amp=false",
+    lr_for_step: Callable[[int], float] | None = None,
 ) -> StepStats:
     """Train on the first ``n_steps`` batches of ``batches`` through :func:`train_step`.
 
     ``loss_for_step(i)`` gives the loss of step ``i`` (a KL weight may change within an epoch). Raises
     :class:`TrainingDiverged` after more than ``max_bad_steps`` non-finite steps in a row or when no step was finite,
-    and :class:`RunFailed` when the device runs out of memory (naming ``batch_size_key``).
+    and :class:`RunFailed` when the device runs out of memory (naming ``batch_size_key``). ``lr_for_step(i)``, when
+    given, sets the learning rate of every parameter group before step ``i``.
     """
     sums: dict[str, float] = {}
     done = skipped = bad_in_a_row = 0
@@ -137,6 +139,9 @@ def run_steps(
     for i, batch in enumerate(batches):
         if i >= n_steps:
             break
+        if lr_for_step is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_for_step(i)
         try:
             terms = train_step(
                 model, to_device(batch), optimizer, loss_for_step(i), forward=forward, accumulate=accumulate,

@@ -159,3 +159,18 @@ def test_summary_bootstraps_the_per_day_sums_of_runs_that_have_them():
         assert entry["paired"]["low"] < entry["paired"]["mean"] < entry["paired"]["high"]
     old = {arm: [{k: v for k, v in r.items() if k != "daily"} for r in runs] for arm, runs in results.items()}
     assert "paired" not in summarize(old)["augment"]["all"]["MAE_tail"]  # runs stored before: seed intervals only
+
+
+def test_the_schedule_and_batchnorm_options_run_and_recalibration_changes_only_the_statistics(prepared, tmp_path):
+    from dataclasses import replace
+
+    from precip_cvae.config import load_config
+
+    config = load_config(None, [f"data.data_root={prepared}", f"data.outputs_root={tmp_path}", "train.device=cpu"])
+    base = replace(config.experiment, arms=("baseline",), seeds=1, steps=4, batch_size=4, filters=4, n_blocks=1,
+                   schedule="cosine")  # fmt: skip
+    plain = run_experiment(config, base, tmp_path / "plain", progress=False)
+    recal = run_experiment(config, replace(base, bn_recalibrate=3), tmp_path / "recal", progress=False)
+    a, b = (r["summary"]["baseline"]["all"]["MAE_all"]["value"]["mean"] for r in (plain, recal))
+    assert np.isfinite(a) and np.isfinite(b) and a != b  # same weights (same seed and draws), other statistics
+    assert recal["options"]["bn_recalibrate"] == 3 and recal["options"]["schedule"] == "cosine"

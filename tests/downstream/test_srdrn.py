@@ -12,7 +12,13 @@ from precip_cvae.data.normalize import Normalization
 from precip_cvae.downstream.losses import (
     weighted_mae,
 )
-from precip_cvae.downstream.srdrn import SRDRN, count_parameters, upsampling_factors
+from precip_cvae.downstream.srdrn import (
+    SRDRN,
+    count_parameters,
+    recalibrate_batchnorm,
+    set_bn_momentum,
+    upsampling_factors,
+)
 
 GRIDS = [((5, 7), (19, 29)), ((13, 11), (156, 132)), ((8, 7), (96, 84)), ((3, 2), (24, 20)), ((1, 1), (9, 7))]
 
@@ -112,3 +118,25 @@ def test_tiny_srdrn_overfits_one_batch():
         opt.step()
         losses.append(loss.item())
     assert min(losses[-10:]) * 5 <= losses[0], (losses[0], losses[-10:])
+
+
+def test_batchnorm_recalibration_is_the_plain_average_of_batch_statistics():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2, momentum=0.5))
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 2, 5, 3, generator=g) * (k + 1) + k for k in range(3)]
+    weights = [p.detach().clone() for p in model.parameters()]
+    model.eval()
+    n = recalibrate_batchnorm(model, batches, lambda m, b: m(b))
+    bn = model[1]
+    with torch.no_grad():
+        acts = [model[0](b) for b in batches]
+    means = torch.stack([a.mean(dim=(0, 2, 3)) for a in acts])
+    variances = torch.stack([a.var(dim=(0, 2, 3), unbiased=True) for a in acts])
+    assert n == 3 and not model.training and bn.momentum == 0.5
+    torch.testing.assert_close(bn.running_mean, means.mean(0))
+    torch.testing.assert_close(bn.running_var, variances.mean(0))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), weights, strict=True))
+    srdrn = tiny((3, 2), (24, 20))
+    set_bn_momentum(srdrn, 0.01)
+    moms = [m.momentum for m in srdrn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert moms and all(m == 0.01 for m in moms)

@@ -37,7 +37,7 @@ from precip_cvae.config import ARMS, Config, ExperimentConfig
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.sample_store import SampleStore
 from precip_cvae.downstream.losses import crps_from_quantiles, density_weights, pinball, weighted_mae
-from precip_cvae.downstream.srdrn import SRDRN
+from precip_cvae.downstream.srdrn import SRDRN, recalibrate_batchnorm, set_bn_momentum
 from precip_cvae.downstream.stats import paired_difference
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import write_json
@@ -234,19 +234,24 @@ def train_run(
     """Train one SRDRN for ``options.steps`` steps on the arm's rows, through the cVAE's training-loop pieces
     (:mod:`precip_cvae.loop`: DataLoader, mixed precision per ``train.amp``, ``experiment.grad_clip``, NaN guard).
 
-    Batches are drawn with replacement with the arm's row probabilities, from a generator seeded by ``seed`` alone."""
+    Batches are drawn with replacement with the arm's row probabilities, from a generator seeded by ``seed`` alone.
+    ``experiment.schedule`` sets the learning rate per step, ``experiment.bn_momentum`` the BatchNorm momentum, and
+    ``experiment.bn_recalibrate`` > 0 re-estimates the BatchNorm statistics over that many batches afterwards."""
     torch.manual_seed(seed)
     n_out = len(options.quantiles) if plan.quantile else 1
     model = SRDRN(data.n_channels, data.lr_shape, data.hr_shape, len(data.static_names), options.filters,
                   options.n_blocks, n_out).to(device)  # fmt: skip
+    set_bn_momentum(model, options.bn_momentum)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     draws = torch.Generator().manual_seed(seed)
-    sampler = WeightedRandomSampler(
-        plan.probabilities.tolist(), options.steps * options.batch_size, replacement=True, generator=draws
-    )
-    loader = DataLoader(
-        ArmRows(plan, examples), batch_size=options.batch_size, sampler=sampler, num_workers=config.data.num_workers
-    )
+
+    def loader(n_batches: int) -> DataLoader:
+        sampler = WeightedRandomSampler(
+            plan.probabilities.tolist(), n_batches * options.batch_size, replacement=True, generator=draws
+        )
+        return DataLoader(ArmRows(plan, examples), batch_size=options.batch_size, sampler=sampler,
+                          num_workers=config.data.num_workers)  # fmt: skip
+
     statics = torch.from_numpy(data.statics)[None].to(device)
 
     def to_device(batch: dict) -> dict:
@@ -258,12 +263,20 @@ def train_run(
             return {"total": pinball(pred, b["target"], b["mask"], options.quantiles, weights=b["weight"])}
         return {"total": weighted_mae(pred, b["target"], b["mask"], data.normalization, weights=b["weight"])}
 
+    def lr_for_step(i: int) -> float:
+        if options.schedule == "cosine":
+            return options.lr * 0.5 * (1.0 + math.cos(math.pi * i / options.steps))
+        return options.lr
+
     loop.run_steps(
-        model, loader, optimizer, lambda i: loss_fn, forward=_srdrn_forward, to_device=to_device,
+        model, loader(options.steps), optimizer, lambda i: loss_fn, forward=_srdrn_forward, to_device=to_device,
         n_steps=options.steps, precision=Precision.for_device(device, config.train.amp), grad_clip=options.grad_clip,
         desc=f"{plan.name} seed {seed}", progress=progress, batch_size_key="experiment.batch_size",
-        advice="lower experiment.lr, set experiment.grad_clip, or set train.amp=false",
+        advice="lower experiment.lr, set experiment.grad_clip, or set train.amp=false", lr_for_step=lr_for_step,
     )  # fmt: skip
+    if options.bn_recalibrate > 0:  # after the training draws, from the same generator: reproducible per seed
+        recalibrate_batchnorm(model, (to_device(b) for b in loader(options.bn_recalibrate)),
+                              lambda m, b: _srdrn_forward(m, b, None))  # fmt: skip
     return model.eval()
 
 

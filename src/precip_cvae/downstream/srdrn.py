@@ -34,12 +34,14 @@ Deviations from the published Keras model, all deliberate:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SRDRN", "count_parameters", "upsampling_factors"]
+__all__ = ["SRDRN", "count_parameters", "recalibrate_batchnorm", "set_bn_momentum", "upsampling_factors"]
 
 #: Keras' BatchNormalization(momentum=0.5) of the original code; PyTorch's momentum is 1 - Keras'.
 BN_MOMENTUM = 0.5
@@ -218,3 +220,42 @@ class SRDRN(nn.Module):
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable, by default) parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Set every BatchNorm layer's momentum (PyTorch's convention: the weight of the newest batch)."""
+    for bn in _batchnorms(model):
+        bn.momentum = momentum
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable, forward: Callable[[nn.Module, Any], Any]) -> int:
+    """Re-estimate every BatchNorm layer's running statistics as the plain average over ``batches``.
+
+    With a momentum of 0.5 the statistics used at test time are those of the last few training batches; after this
+    they are the mean of the per-batch means and (unbiased) variances over all of ``batches``, through PyTorch's
+    cumulative average (``momentum=None``). Weights do not change. Returns the number of batches seen.
+    """
+    layers = _batchnorms(model)
+    if not layers:
+        return 0
+    saved = [bn.momentum for bn in layers]
+    for bn in layers:
+        bn.reset_running_stats()
+        bn.momentum = None
+    was_training = model.training
+    model.train()
+    n = 0
+    try:
+        for batch in batches:
+            forward(model, batch)
+            n += 1
+    finally:
+        for bn, momentum in zip(layers, saved, strict=True):
+            bn.momentum = momentum
+        model.train(was_training)
+    return n
