@@ -298,15 +298,17 @@ def point_scores(thresholds: dict[str, float]) -> Scores:
 
 
 @torch.no_grad()
-def score_run(model: SRDRN, plan: ArmPlan, data: PreparedData, options: ExperimentOptions, device) -> dict:
-    """Scores of one trained model on all test days and on heavy test days."""
+def score_run(
+    model: SRDRN, plan: ArmPlan, data: PreparedData, options: ExperimentOptions, device, split: str = "test"
+) -> dict:
+    """Scores of one trained model on all days and on heavy days of ``split`` (test; val to choose settings)."""
     thresholds = {k: data.thresholds_mm[k] for k in ("P95", "P99")}
     thresholds.update({f"{t:g}mm": t for t in options.fixed_thresholds_mm})
     scores = {"all": point_scores(thresholds), "heavy": point_scores(thresholds)}
     crps_q = {"all": Mean("CRPS_q"), "heavy": Mean("CRPS_q")}
     daily: dict = {"day": [], "heavy": [], **{m: {"num": [], "den": []} for m in DAILY_SCORES}}
     statics = torch.from_numpy(data.statics)[None].to(device)
-    days = data.ids("test")
+    days = data.ids(split)
     median = options.quantiles.index(0.5) if plan.quantile and 0.5 in options.quantiles else 0
     for start in range(0, len(days), 32):
         batch = days[start : start + 32]
