@@ -104,3 +104,15 @@ def test_quiet_and_verbose_set_the_package_loggers_level(capsys):
         assert capsys.readouterr().out == "progress\n"
     finally:
         configure_logging()
+
+
+def test_experiment_device_and_seeds_flags_are_config_overrides():
+    from precip_cvae.cli import EXPERIMENT_FLAGS, _load_config
+
+    args = build_parser().parse_args(["experiment", "--device", "cpu", "--seeds", "7", "--blocks", "2",
+                                      "experiment.steps=9"])  # fmt: skip
+    config = _load_config(args, EXPERIMENT_FLAGS)
+    assert (config.train.device, config.experiment.seeds, config.experiment.steps) == ("cpu", 7, 9)
+    assert config.experiment.n_blocks == 2
+    defaults = _load_config(build_parser().parse_args(["experiment"]), EXPERIMENT_FLAGS)
+    assert defaults.train.device == "auto" and defaults.experiment.seeds == 5

@@ -396,7 +396,7 @@ def _add_experiment(sub) -> None:
     )
     _option(p, "--config", type=Path, help="YAML config (for data_root and outputs_root)")
     _option(p, "--arms", help=f"comma-separated arms (experiment.arms: all of {','.join(ARMS)})")
-    _option(p, "--seeds", type=_positive_int, help="seeds per arm (experiment.seeds: 3)")
+    _option(p, "--seeds", type=_positive_int, help="seeds per arm (experiment.seeds: 5)")
     _option(p, "--epochs", type=_positive_int, help="budget in passes over the real training days (experiment.epochs)")
     _option(p, "--steps", type=_positive_int, help="budget in gradient steps if no --epochs (experiment.steps: 1500)")
     _option(p, "--batch-size", type=_positive_int, help="(experiment.batch_size: 16)")
@@ -405,17 +405,25 @@ def _add_experiment(sub) -> None:
     _option(p, "--per-day", type=_positive_int, help="synthetic samples per heavy training day (experiment.per_day: 2)")
     _option(p, "--source", type=Path, help="samples directory (default <outputs_root>/synth)")
     _option(p, "--out", type=Path, help="output directory (default <outputs_root>/experiment)")
+    _option(p, "--device", help="auto, cpu, cuda, cuda:1, mps (train.device)")
     _verbosity(p)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.set_defaults(func=_run_experiment)
 
 
+#: `experiment`'s options -> the config keys they set.
+EXPERIMENT_FLAGS = {
+    **{name: f"experiment.{name}" for name in ("arms", "seeds", "epochs", "steps", "batch_size", "filters", "per_day",
+                                               "source")},
+    "blocks": "experiment.n_blocks",
+    "device": "train.device",
+}  # fmt: skip
+
+
 def _run_experiment(args: argparse.Namespace) -> int:
     from precip_cvae.downstream.experiment import run_experiment
 
-    flags = {name: f"experiment.{name}" for name in ("arms", "seeds", "epochs", "steps", "batch_size", "filters",
-                                                    "per_day", "source")}  # fmt: skip
-    config = _load_config(args, {**flags, "blocks": "experiment.n_blocks"})
+    config = _load_config(args, EXPERIMENT_FLAGS)
     report = run_experiment(config, out_dir=args.out, progress=not args.quiet)
     out = args.out or Path(config.data.outputs_root) / "experiment"
     print(report["verdict"])

@@ -215,7 +215,7 @@ class ExperimentConfig:
     """
 
     arms: tuple[str, ...] = ARMS
-    seeds: int = 3
+    seeds: int = 5
     steps: int = 1500
     epochs: int = 0
     batch_size: int = 16
