@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -162,8 +163,6 @@ def test_summary_bootstraps_the_per_day_sums_of_runs_that_have_them():
 
 
 def test_the_schedule_and_batchnorm_options_run_and_recalibration_changes_only_the_statistics(prepared, tmp_path):
-    from dataclasses import replace
-
     from precip_cvae.config import load_config
 
     config = load_config(None, [f"data.data_root={prepared}", f"data.outputs_root={tmp_path}", "train.device=cpu"])
@@ -174,3 +173,32 @@ def test_the_schedule_and_batchnorm_options_run_and_recalibration_changes_only_t
     a, b = (r["summary"]["baseline"]["all"]["MAE_all"]["value"]["mean"] for r in (plain, recal))
     assert np.isfinite(a) and np.isfinite(b) and a != b  # same weights (same seed and draws), other statistics
     assert recal["options"]["bn_recalibrate"] == 3 and recal["options"]["schedule"] == "cosine"
+
+
+def test_validation_every_n_steps_keeps_the_best_weights(prepared, tmp_path):
+    import torch
+
+    from precip_cvae.config import load_config
+    from precip_cvae.data.sample_store import SampleStore
+    from precip_cvae.downstream.experiment import Examples, plan_arms, score_run, train_run, validation_score
+
+    config = load_config(None, [f"data.data_root={prepared}", "train.device=cpu", "experiment.arms=[baseline]",
+                                "experiment.steps=9", "experiment.batch_size=4", "experiment.filters=4",
+                                "experiment.n_blocks=1", "experiment.lr=0.01"])  # fmt: skip
+    data = PreparedData(prepared)
+    examples = Examples(data, SampleStore(tmp_path / "none"))
+    options = config.experiment
+    plan = plan_arms(data, options, examples)["baseline"]
+    device = torch.device("cpu")
+    last = train_run(plan, examples, data, options, 0, config, device)
+    assert last.selection == {"val_every": 0, "scores": []}
+    picked = train_run(plan, examples, data, replace(options, val_every=3), 0, config, device)
+    steps, scores = zip(*picked.selection["scores"], strict=True)
+    assert steps == (3, 6, 9)
+    assert picked.selection["best_score"] == min(scores)
+    assert picked.selection["best_step"] == steps[scores.index(min(scores))]
+    again = validation_score(score_run(picked, plan, data, options, device, split="val"))
+    assert again == pytest.approx(picked.selection["best_score"])
+    # the last checkpoint of the validated run is the plain run's (same seed, same draws, same steps)
+    final = validation_score(score_run(last, plan, data, options, device, split="val"))
+    assert final == pytest.approx(scores[-1])

@@ -21,6 +21,7 @@ are saved as they finish: a re-run skips them (an interrupted experiment resumes
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -236,7 +237,9 @@ def train_run(
 
     Batches are drawn with replacement with the arm's row probabilities, from a generator seeded by ``seed`` alone.
     ``experiment.schedule`` sets the learning rate per step, ``experiment.bn_momentum`` the BatchNorm momentum, and
-    ``experiment.bn_recalibrate`` > 0 re-estimates the BatchNorm statistics over that many batches afterwards."""
+    ``experiment.bn_recalibrate`` > 0 re-estimates the BatchNorm statistics over that many batches afterwards.
+    ``experiment.val_every`` > 0 scores the validation days every that many steps (never test days) and keeps the
+    weights with the best :func:`validation_score`; the model's ``selection`` attribute records the scores."""
     torch.manual_seed(seed)
     n_out = len(options.quantiles) if plan.quantile else 1
     model = SRDRN(data.n_channels, data.lr_shape, data.hr_shape, len(data.static_names), options.filters,
@@ -268,16 +271,42 @@ def train_run(
             return options.lr * 0.5 * (1.0 + math.cos(math.pi * i / options.steps))
         return options.lr
 
-    loop.run_steps(
-        model, loader(options.steps), optimizer, lambda i: loss_fn, forward=_srdrn_forward, to_device=to_device,
-        n_steps=options.steps, precision=Precision.for_device(device, config.train.amp), grad_clip=options.grad_clip,
-        desc=f"{plan.name} seed {seed}", progress=progress, batch_size_key="experiment.batch_size",
-        advice="lower experiment.lr, set experiment.grad_clip, or set train.amp=false", lr_for_step=lr_for_step,
-    )  # fmt: skip
+    batches = iter(loader(options.steps))
+    every = options.val_every if options.val_every > 0 else options.steps
+    selection: dict = {"val_every": options.val_every, "scores": []}
+    best: tuple[float, dict] | None = None
+    for start in range(0, options.steps, every):
+        n = min(every, options.steps - start)
+        loop.run_steps(
+            model, itertools.islice(batches, n), optimizer, lambda i: loss_fn, forward=_srdrn_forward,
+            to_device=to_device, n_steps=n, precision=Precision.for_device(device, config.train.amp),
+            grad_clip=options.grad_clip, desc=f"{plan.name} seed {seed}", progress=progress,
+            batch_size_key="experiment.batch_size", lr_for_step=lambda i, start=start: lr_for_step(start + i),
+            advice="lower experiment.lr, set experiment.grad_clip, or set train.amp=false",
+        )  # fmt: skip
+        if options.val_every > 0:
+            score = validation_score(score_run(model.eval(), plan, data, options, device, split="val"))
+            selection["scores"].append([start + n, score])
+            if best is None or score < best[0]:
+                best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                selection["best_step"], selection["best_score"] = start + n, score
+    if best is not None:
+        model.load_state_dict(best[1])
     if options.bn_recalibrate > 0:  # after the training draws, from the same generator: reproducible per seed
         recalibrate_batchnorm(model, (to_device(b) for b in loader(options.bn_recalibrate)),
                               lambda m, b: _srdrn_forward(m, b, None))  # fmt: skip
+    model.selection = selection
     return model.eval()
+
+
+def validation_score(scores: dict) -> float:
+    """What selects a run's checkpoint: MAE above P95 on heavy validation days (on all validation days when there is
+    no heavy one or no tail pixel on them); lower is better, NaN counts as worst."""
+    for subset in ("heavy", "all"):
+        value = (scores.get(subset) or {}).get("MAE_tail")
+        if value is not None and np.isfinite(value):
+            return float(value)
+    return float("inf")
 
 
 #: Scores kept day by day (numerator and denominator sums of the Deterministic accumulator), for the bootstrap.
@@ -484,7 +513,7 @@ def run_experiment(
             results.setdefault(arm, []).append(json.loads(path.read_text()))
             continue
         model = train_run(plans[arm], examples, data, options, seed, config, device, progress=progress)
-        scores = score_run(model, plans[arm], data, options, device)
+        scores = {**score_run(model, plans[arm], data, options, device), "selection": model.selection}
         write_json(path, scores)
         results.setdefault(arm, []).append(json.loads(path.read_text()))
     summary = summarize(results)
