@@ -53,9 +53,18 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
         assert report["summary"][arm]["all"]["MAE_tail"]["value"]["n"] == 2
         assert (out / "runs" / f"{arm}_seed1.json").is_file()
     assert report["arms"]["oversample"]["heavy_share"] == pytest.approx(report["arms"]["augment"]["heavy_share"])
+    # how far synthetic inputs are from the real day's: none for real-only arms, exactly 0 when X is the real day's,
+    # and only the re-derived precipitation channel moves in augment_newx
+    arms = report["arms"]
+    assert arms["baseline"]["input_distance"] is None and arms["oversample"]["input_distance"] is None
+    assert arms["augment"]["input_distance"]["mean_abs_dx_sd"] == 0.0
+    newx = arms["augment_newx"]["input_distance"]["per_channel"]
+    moved = [name for name, value in newx.items() if value > 0]
+    assert len(moved) == 1 and moved[0].lower() in ("pr", "pr_coarse", "tp", "rr", "precip", "precipitation")
     assert np.isfinite(report["summary"]["quantile"]["all"]["CRPS_q"]["value"]["mean"])
     text = (out / "experiment.md").read_text()
     assert text.startswith("# Downstream experiment") and "Best for extremes" in text
+    assert "its synthetic inputs differ from their real day's by 0.00 channel standard deviations" in text
     assert (out / "qq_per_arm.png").is_file() and (out / "bars_MAE_tail_all.png").is_file()
     # each run keeps per-test-day sums that add up to its scores (the bootstrap's inputs)
     run = json.loads((out / "runs" / "baseline_seed0.json").read_text())

@@ -209,6 +209,25 @@ def plan_arms(data: PreparedData, options: ExperimentOptions, examples: Examples
     return plans
 
 
+def input_distance(plan: ArmPlan, examples: Examples, max_rows: int = 200) -> dict | None:
+    """How far an arm's synthetic inputs are from their real day's, per channel: mean |X_syn - X_real| over grid
+    points and synthetic rows (up to ``max_rows``), in standard deviations of that channel over training days. 0 means
+    the model sees the real day's X with another target (the case a deterministic model averages away). None when the
+    arm has no synthetic row."""
+    rows = [r for r in plan.rows if r.synthetic]
+    if not rows:
+        return None
+    rows = rows[:: max(1, len(rows) // max_rows)]
+    data = examples.data
+    train = data.ids("train")
+    real = np.stack([data.inputs(d) for d in train[:: max(1, len(train) // max_rows)]])
+    sd = real.std(axis=(0, 2, 3))
+    diffs = np.stack([np.abs(examples.load(r)[0].numpy() - data.inputs(r.day)).mean(axis=(1, 2)) for r in rows])
+    per_channel = diffs.mean(axis=0) / np.where(sd > 0, sd, 1.0)
+    return {"mean_abs_dx_sd": float(per_channel.mean()), "per_channel": {v["name"]: float(x) for v, x in
+            zip(data.variables, per_channel, strict=True)}, "rows": len(rows)}  # fmt: skip
+
+
 class ArmRows(Dataset):
     """The rows of one arm as DataLoader items: ``inputs`` (C, h, w), ``target`` (1, H, W) normalized (0 where
     missing), ``mask`` (1, H, W) bool and the row's loss ``weight``."""
@@ -520,7 +539,12 @@ def run_experiment(
     report = {
         "options": asdict(options),
         "arms": {
-            a: {"rows": len(p.rows), "heavy_share": p.heavy_share, "note": p.note}
+            a: {
+                "rows": len(p.rows),
+                "heavy_share": p.heavy_share,
+                "note": p.note,
+                "input_distance": input_distance(p, examples),
+            }
             for a, p in plans.items()
             if isinstance(p, ArmPlan)
         },  # fmt: skip

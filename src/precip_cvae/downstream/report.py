@@ -83,8 +83,14 @@ def write_experiment_report(out_dir: Path, report: dict) -> None:
         "",
     ]
     for arm, info in report["arms"].items():
-        lines.append(f"- `{arm}`: {info['rows']} training rows, heavy share of draws {info['heavy_share']:.3f}"
-                     + (f" ({info['note']})" if info["note"] else ""))  # fmt: skip
+        line = f"- `{arm}`: {info['rows']} training rows, heavy share of draws {info['heavy_share']:.3f}"
+        line += f" ({info['note']})" if info["note"] else ""
+        dx = info.get("input_distance")
+        if dx:
+            channels = ", ".join(f"{k} {v:.2f}" for k, v in dx["per_channel"].items())
+            line += (f"; its synthetic inputs differ from their real day's by {dx['mean_abs_dx_sd']:.2f} channel "
+                     f"standard deviations on average ({channels})")  # fmt: skip
+        lines.append(line)
     for arm, why in report["skipped"].items():
         lines.append(f"- `{arm}`: not run — {why}")
     for subset in ("heavy", "all"):
