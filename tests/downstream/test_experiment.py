@@ -65,6 +65,7 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     text = (out / "experiment.md").read_text()
     assert text.startswith("# Downstream experiment") and "Best for extremes" in text
     assert "its synthetic inputs differ from their real day's by 0.00 channel standard deviations" in text
+    assert "blew up" in text and isinstance(report["blowups"], list)
     assert (out / "qq_per_arm.png").is_file() and (out / "bars_MAE_tail_all.png").is_file()
     # each run keeps per-test-day sums that add up to its scores (the bootstrap's inputs)
     run = json.loads((out / "runs" / "baseline_seed0.json").read_text())
@@ -211,3 +212,17 @@ def test_validation_every_n_steps_keeps_the_best_weights(prepared, tmp_path):
     # the last checkpoint of the validated run is the plain run's (same seed, same draws, same steps)
     final = validation_score(score_run(last, plan, data, options, device, split="val"))
     assert final == pytest.approx(scores[-1])
+
+
+def test_runs_whose_heavy_day_p99_is_off_by_more_than_100_percent_are_named():
+    from precip_cvae.downstream.experiment import blowups
+
+    def run(ratio, obs=40.0):
+        heavy = {"quantile_ratio_P99": ratio, "quantile_sim_P99": ratio * obs, "quantile_obs_P99": obs}
+        return {"heavy": heavy, "all": heavy}
+
+    results = {"baseline": [run(1.2), run(2.5)], "augment": [run(0.05), run(1.9)], "quantile": [run(float("nan"))]}
+    found = blowups(results)
+    assert [(b["arm"], b["seed"]) for b in found] == [("baseline", 1)]
+    assert found[0]["relative_bias"] == pytest.approx(1.5) and found[0]["sim"] == pytest.approx(100.0)
+    assert blowups({"baseline": [run(-0.5)]})[0]["relative_bias"] == pytest.approx(-1.5)

@@ -394,6 +394,24 @@ def score_run(
     return {**{k: {**v.compute(), **crps_q[k].compute()} for k, v in scores.items()}, "qq": qq, "daily": daily}
 
 
+#: A run "blows up" on heavy days when its P99 there is off by more than this fraction of the observed P99.
+BLOWUP_RELATIVE = 1.0
+
+
+def blowups(results: dict[str, list[dict]]) -> list[dict]:
+    """Runs whose P99 on heavy test days is off by more than :data:`BLOWUP_RELATIVE` of the observed P99 (on all test
+    days when there is no heavy one): arm, seed (its position), the two P99s and the relative bias."""
+    out = []
+    for arm, runs in results.items():
+        for seed, run in enumerate(runs):
+            scores = run.get("heavy") if (run.get("heavy") or {}).get("quantile_ratio_P99") is not None else run["all"]
+            ratio = scores.get("quantile_ratio_P99")
+            if ratio is not None and np.isfinite(ratio) and abs(ratio - 1.0) > BLOWUP_RELATIVE:
+                out.append({"arm": arm, "seed": seed, "sim": scores["quantile_sim_P99"],
+                            "obs": scores["quantile_obs_P99"], "relative_bias": ratio - 1.0})  # fmt: skip
+    return out
+
+
 def _interval(values: list[float]) -> dict:
     """Mean and 95 % confidence interval (Student t over seeds)."""
     x = np.array([v for v in values if v is not None and np.isfinite(v)], float)
@@ -554,6 +572,7 @@ def run_experiment(
         "summary": summary,
         "qq": {arm: runs[0].get("qq") for arm, runs in results.items()},
         "verdict": verdict(summary),
+        "blowups": blowups(results),
     }
     write_json(out_dir / "experiment.json", report)
     from precip_cvae.downstream.report import write_experiment_report

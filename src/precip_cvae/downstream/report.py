@@ -93,6 +93,13 @@ def write_experiment_report(out_dir: Path, report: dict) -> None:
         lines.append(line)
     for arm, why in report["skipped"].items():
         lines.append(f"- `{arm}`: not run — {why}")
+    bad = report.get("blowups") or []
+    if bad:
+        runs = "; ".join(f"`{b['arm']}` seed {b['seed']}: P99 {b['sim']:.1f} vs {b['obs']:.1f} mm/day "
+                         f"({b['relative_bias']:+.0%})" for b in bad)  # fmt: skip
+        lines += ["", f"Runs that blew up on heavy days (P99 off by more than 100 %): {runs}."]
+    elif "blowups" in report:
+        lines += ["", "No run blew up: every run's P99 on heavy test days is within ±100 % of the observed."]
     for subset in ("heavy", "all"):
         lines += ["", f"## {subset.capitalize()} test days", ""]
         arms = [a for a in summary if summary[a].get(subset)]
