@@ -58,7 +58,7 @@ def main() -> None:
         rows = []
         started = time.perf_counter()
         for seed in range(args.seeds):
-            model = train_run(plan, examples, data, options, seed, config, device)
+            model, _ = train_run(plan, examples, data, options, seed, config, device)
             scores = score_run(model, plan, data, options, device, split="val")
             h = scores["heavy"]
             rows.append((h["MAE_tail"], scores["all"]["MAE_all"], h.get("quantile_bias_P99", np.nan)))

@@ -200,15 +200,15 @@ def test_validation_every_n_steps_keeps_the_best_weights(prepared, tmp_path):
     options = config.experiment
     plan = plan_arms(data, options, examples)["baseline"]
     device = torch.device("cpu")
-    last = train_run(plan, examples, data, options, 0, config, device)
-    assert last.selection == {"val_every": 0, "scores": []}
-    picked = train_run(plan, examples, data, replace(options, val_every=3), 0, config, device)
-    steps, scores = zip(*picked.selection["scores"], strict=True)
+    last, plain = train_run(plan, examples, data, options, 0, config, device)
+    assert plain == {"val_every": 0, "scores": []}
+    picked, selection = train_run(plan, examples, data, replace(options, val_every=3), 0, config, device)
+    steps, scores = zip(*selection["scores"], strict=True)
     assert steps == (3, 6, 9)
-    assert picked.selection["best_score"] == min(scores)
-    assert picked.selection["best_step"] == steps[scores.index(min(scores))]
+    assert selection["best_score"] == min(scores)
+    assert selection["best_step"] == steps[scores.index(min(scores))]
     again = validation_score(score_run(picked, plan, data, options, device, split="val"))
-    assert again == pytest.approx(picked.selection["best_score"])
+    assert again == pytest.approx(selection["best_score"])
     # the last checkpoint of the validated run is the plain run's (same seed, same draws, same steps)
     final = validation_score(score_run(last, plan, data, options, device, split="val"))
     assert final == pytest.approx(scores[-1])

@@ -250,7 +250,7 @@ def _srdrn_forward(model: torch.nn.Module, batch: dict, generator: torch.Generat
 def train_run(
     plan: ArmPlan, examples: Examples, data: PreparedData, options: ExperimentConfig, seed: int, config: Config,
     device: torch.device, progress: bool = False,
-) -> SRDRN:  # fmt: skip
+) -> tuple[SRDRN, dict]:  # fmt: skip
     """Train one SRDRN for ``options.steps`` steps on the arm's rows, through the cVAE's training-loop pieces
     (:mod:`precip_cvae.loop`: DataLoader, mixed precision per ``train.amp``, ``experiment.grad_clip``, NaN guard).
 
@@ -258,7 +258,8 @@ def train_run(
     ``experiment.schedule`` sets the learning rate per step, ``experiment.bn_momentum`` the BatchNorm momentum, and
     ``experiment.bn_recalibrate`` > 0 re-estimates the BatchNorm statistics over that many batches afterwards.
     ``experiment.val_every`` > 0 scores the validation days every that many steps (never test days) and keeps the
-    weights with the best :func:`validation_score`; the model's ``selection`` attribute records the scores."""
+    weights with the best :func:`validation_score`. Returns the model (in eval mode) and the selection record: the
+    validation scores by step, the best step and score."""
     torch.manual_seed(seed)
     n_out = len(options.quantiles) if plan.quantile else 1
     model = SRDRN(data.n_channels, data.lr_shape, data.hr_shape, len(data.static_names), options.filters,
@@ -314,8 +315,7 @@ def train_run(
     if options.bn_recalibrate > 0:  # after the training draws, from the same generator: reproducible per seed
         recalibrate_batchnorm(model, (to_device(b) for b in loader(options.bn_recalibrate)),
                               lambda m, b: _srdrn_forward(m, b, None))  # fmt: skip
-    model.selection = selection
-    return model.eval()
+    return model.eval(), selection
 
 
 def validation_score(scores: dict) -> float:
@@ -549,8 +549,8 @@ def run_experiment(
         if path.is_file():
             results.setdefault(arm, []).append(json.loads(path.read_text()))
             continue
-        model = train_run(plans[arm], examples, data, options, seed, config, device, progress=progress)
-        scores = {**score_run(model, plans[arm], data, options, device), "selection": model.selection}
+        model, selection = train_run(plans[arm], examples, data, options, seed, config, device, progress=progress)
+        scores = {**score_run(model, plans[arm], data, options, device), "selection": selection}
         write_json(path, scores)
         results.setdefault(arm, []).append(json.loads(path.read_text()))
     summary = summarize(results)
