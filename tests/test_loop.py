@@ -83,3 +83,19 @@ def test_a_learning_rate_per_step_is_set_before_each_step():
     run_steps(model, [{"x": x, "y": y}] * 4, opt, loss_for_step, forward=_forward, to_device=lambda d: d, n_steps=4,
               progress=False, lr_for_step=lambda i: 0.5 / (i + 1))  # fmt: skip
     assert seen == pytest.approx([0.5, 0.25, 0.5 / 3, 0.125])
+
+
+def test_scheduled_learning_rates_by_hand():
+    from precip_cvae.config import load_config
+    from precip_cvae.loop import scheduled_lr
+    from precip_cvae.train import lr_at
+
+    assert scheduled_lr(0.2, "constant", 7, 10) == 0.2
+    assert [scheduled_lr(0.2, "cosine", s, 4) for s in range(5)] == pytest.approx(
+        [0.2, 0.1 * (1 + 2**-0.5), 0.1, 0.1 * (1 - 2**-0.5), 0.0]
+    )
+    config = load_config(None, ["train.lr=0.3", "train.epochs=5", "train.lr_warmup_epochs=1", "train.schedule=cosine"])
+    # warm-up epoch 0: lr * 1 / 2; then cosine over the 4 epochs after it
+    assert [lr_at(e, config) for e in range(5)] == pytest.approx(
+        [0.15, 0.3, 0.15 * (1 + 2**-0.5), 0.15, 0.15 * (1 - 2**-0.5)]
+    )

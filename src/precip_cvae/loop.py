@@ -5,6 +5,7 @@ to change."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -104,6 +105,14 @@ class StepStats:
     means: dict[str, float]
     done: int
     skipped: int
+
+
+def scheduled_lr(lr: float, schedule: str, step: float, total: float) -> float:
+    """The learning rate at ``step`` of ``total`` (epochs or steps): ``lr`` for "constant", a cosine decay from ``lr``
+    to 0 for "cosine"."""
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+    return lr
 
 
 def run_steps(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,10 +54,7 @@ def lr_at(epoch: int, config: Config) -> float:
     t = config.train
     if t.lr_warmup_epochs > 0 and epoch < t.lr_warmup_epochs:
         return t.lr * (epoch + 1) / (t.lr_warmup_epochs + 1)
-    if t.schedule == "cosine":
-        span = max(1, t.epochs - t.lr_warmup_epochs)
-        return t.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - t.lr_warmup_epochs) / span))
-    return t.lr
+    return loop.scheduled_lr(t.lr, t.schedule, epoch - t.lr_warmup_epochs, t.epochs - t.lr_warmup_epochs)
 
 
 class Trainer:

@@ -287,9 +287,7 @@ def train_run(
         return {"total": weighted_mae(pred, b["target"], b["mask"], data.normalization, weights=b["weight"])}
 
     def lr_for_step(i: int) -> float:
-        if options.schedule == "cosine":
-            return options.lr * 0.5 * (1.0 + math.cos(math.pi * i / options.steps))
-        return options.lr
+        return loop.scheduled_lr(options.lr, options.schedule, i, options.steps)
 
     batches = iter(loader(options.steps))
     every = options.val_every if options.val_every > 0 else options.steps
