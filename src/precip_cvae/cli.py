@@ -389,10 +389,9 @@ def _add_experiment(sub) -> None:
     p = sub.add_parser(
         "experiment",
         help="the downstream proof: SRDRN trained with and without augmentation, on the same split and budget",
-        description="Train the SRDRN port in arms (baseline, augment, oversample, reweight, quantile, "
-        "quantile_augment, augment_newx) with the same split, number of gradient steps and seeds; score the test "
-        "days in mm/day; write experiment.json, experiment.md (the verdict first) and figures. Finished runs are "
-        "kept in <out>/runs and skipped when the command is run again.",
+        description=f"Train the SRDRN port in arms ({', '.join(ARMS)}) with the same split, number of gradient "
+        "steps and seeds; score the test days in mm/day; write experiment.json, experiment.md (the verdict first) "
+        "and figures. Finished runs are kept in <out>/runs and skipped when the command is run again.",
     )
     _option(p, "--config", type=Path, help="YAML config (for data_root and outputs_root)")
     _option(p, "--arms", help=f"comma-separated arms (experiment.arms: all of {','.join(ARMS)})")

@@ -197,7 +197,16 @@ class EvaluateConfig:
 
 
 #: The downstream experiment's arms, in report order.
-ARMS = ("baseline", "augment", "oversample", "reweight", "quantile", "quantile_augment", "augment_newx")
+ARMS = (
+    "baseline",
+    "augment",
+    "oversample",
+    "reweight",
+    "quantile",
+    "quantile_augment",
+    "augment_newx",
+    "augment_pairs",
+)
 
 
 @dataclass(frozen=True)

@@ -287,6 +287,8 @@ def test_fraser_real_data_with_a_coarsened_input(tmp_path, shared_data):
     block = source.read_target_mm(100, 101)[0, :5, :5].mean()
     # the predictor is normalized in prepare; here the raw block mean equals the target's
     assert source.read_predictors(100, 101)[0, 0, 0, 0] == pytest.approx(block, rel=1e-5)
+    # the one predictor is the target's own variable: the operator is recorded for the downstream experiment
+    assert source.derived == [{"operator": "block_mean", "factor": 5, "how": source.derived[0]["how"]}]
 
 
 def test_synthetic_benchmark_srdrn_and_netcdf_prepare_alike(tmp_path):

@@ -30,6 +30,66 @@ def test_coarse_precipitation_by_hand(prepared):
     assert np.nanmax(np.where(covered, coarse, np.nan)[1:, :]) == pytest.approx(0.0)
 
 
+class _Store:
+    """A stand-in sample store: one accepted sample per heavy training day, its target the real one doubled."""
+
+    def __init__(self, data: PreparedData):
+        self.data = data
+
+    def exists(self) -> bool:
+        return True
+
+    def accepted(self) -> dict[int, list[int]]:
+        return {d: [0] for d in self.data.ids("train") if self.data.is_heavy(d)}
+
+    def load(self, day: int, sample: int) -> tuple[np.ndarray, np.ndarray]:
+        doubled = self.data.normalization.to_z(2.0 * self.data.target_mm(day))
+        return self.data.inputs(day), doubled[None].astype(np.float32)
+
+
+def test_augment_pairs_makes_every_channel_from_the_synthetic_target(tmp_path):
+    """Predictors that are the target block-averaged (as on the Fraser basin): prepare records the operator, and a
+    synthetic day's X is the same operator applied to its own target, checked against hand-computed values."""
+    from precip_cvae.data.coarsen import block_mean
+    from precip_cvae.data.netcdf import read_netcdf
+    from precip_cvae.data.prepare import PrepareOptions, prepare
+    from precip_cvae.downstream.experiment import Examples, Row, plan_arms
+
+    case = make_case(n_days=60, hr=(8, 6))
+    paths = write_netcdf_case(tmp_path / "nc", case)
+    source = read_netcdf([paths["highres"]], paths["highres"], "2000-01-01:2000-02-09", "2000-02-10:2000-02-29",
+                         statics=[paths["statics"]], coarsen=2)  # fmt: skip
+    prepare(source, tmp_path, PrepareOptions(progress=False))
+    data = PreparedData(tmp_path / "data")
+    (record,) = [v["derived_from_target"] for v in data.variables]
+    assert record["operator"] == "block_mean" and record["factor"] == 2 and data.lr_shape == (4, 3)
+    examples = Examples(data, _Store(data))
+    assert examples.derivation_error() < 1e-5  # the recorded operator reproduces the prepared X of real days
+    mean, std = data.variables[0]["mean"], data.variables[0]["std"]
+    day = data.ids("train")[3]
+    mm = case["pr"][day]  # NaN over the two sea pixels of block (0, 0): the NaN-aware mean skips them
+    assert block_mean(mm, 2)[0, 0] == pytest.approx(np.nanmean(mm[:2, :2]))
+    real_x = examples.load(Row(day))[0].numpy()[0]
+    np.testing.assert_allclose(real_x * std + mean, block_mean(mm, 2), rtol=1e-5, atol=1e-4)
+    # a synthetic row whose target is the real one doubled: a block mean is linear, so its raw X is twice the real
+    heavy = next(iter(examples.store.accepted()))
+    pair_x = examples.load(Row(heavy, 0, "target"))[0].numpy()[0]
+    same_x = examples.load(Row(heavy, 0))[0].numpy()[0]
+    np.testing.assert_allclose(pair_x * std + mean, 2 * (same_x * std + mean), rtol=1e-4, atol=1e-3)
+    plans = plan_arms(data, replace(ExperimentOptions(), arms=("augment", "augment_pairs")), examples)
+    assert [r.x_from for r in plans["augment_pairs"].rows if r.synthetic] == ["target"] * len(examples.store.accepted())
+    assert len(plans["augment_pairs"].rows) == len(plans["augment"].rows)
+
+
+def test_augment_pairs_is_skipped_when_a_channel_is_not_made_from_the_target(prepared):
+    from precip_cvae.downstream.experiment import Examples, plan_arms
+
+    data = PreparedData(prepared)  # the synthetic benchmark: predictors from the weather state, not the field
+    plans = plan_arms(data, replace(ExperimentOptions(), arms=("augment_pairs",)), Examples(data, _Store(data)))
+    assert isinstance(plans["augment_pairs"], str) and "not made from the target" in plans["augment_pairs"]
+    assert data.variables[0]["name"] in plans["augment_pairs"]
+
+
 @pytest.mark.slow
 def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     import yaml
@@ -48,8 +108,10 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     result = subprocess.run(argv, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "experiment.json").read_text())
-    assert set(report["arms"]) == set(ARMS) and not report["skipped"]
-    for arm in ARMS:
+    assert set(report["arms"]) == set(ARMS) - {"augment_pairs"}  # its X is not made from the target: skipped
+    assert list(report["skipped"]) == ["augment_pairs"]
+    assert "not made from the target" in report["skipped"]["augment_pairs"]
+    for arm in report["arms"]:
         assert report["summary"][arm]["all"]["MAE_tail"]["value"]["n"] == 2
         assert (out / "runs" / f"{arm}_seed1.json").is_file()
     assert report["arms"]["oversample"]["heavy_share"] == pytest.approx(report["arms"]["augment"]["heavy_share"])

@@ -40,7 +40,8 @@ class PreparedData:
     statics : (S, H, W) float32, the maps of :data:`STATIC_SCALES` that exist, scaled
     static_names : their names
     mean_land_mm_per_day : mean of the training period's daily land means (the mass loss's scale)
-    variables : [{"name", "units", "mean", "std"}, ...] of the C predictor channels
+    variables : [{"name", "units", "mean", "std"}, ...] of the C predictor channels; a channel `prepare --coarsen` made
+        from the target itself also has "derived_from_target" (see :mod:`precip_cvae.data.coarsen`)
     hr_lat, hr_lon : (H, W) degrees or None; lr_lat, lr_lon : (h, w) degrees or None
     oracle_path : the synthetic benchmark's oracle ensemble this dataset was prepared from, or None
     """

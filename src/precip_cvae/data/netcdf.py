@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 from scipy.interpolate import RegularGridInterpolator
 
+from precip_cvae.data.coarsen import block_mean, derivation
 from precip_cvae.data.source import DaySource, find_oracle
 from precip_cvae.data.units import precipitation_factor
 from precip_cvae.errors import InputError
@@ -99,7 +100,7 @@ class Grid:
             return Grid(self.where, shape, None, None)
         if self.lat.ndim == 1:
             return Grid(self.where, shape, _block_mean1d(self.lat, factor), _block_mean1d(self.lon, factor))
-        return Grid(self.where, shape, _block_mean(self.lat, factor), _block_mean(self.lon, factor))
+        return Grid(self.where, shape, block_mean(self.lat, factor), block_mean(self.lon, factor))
 
     def same_as(self, other: Grid) -> bool:
         if self.shape != other.shape:
@@ -230,28 +231,6 @@ class Regridder:
             )
             out[self.outside] = near(self.points[self.outside])
         return np.moveaxis(out.reshape(*self.shape, -1), -1, 0).astype(np.float32)
-
-
-def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
-    """NaN-aware mean over factor×factor blocks of the last two axes (partial edge blocks included)."""
-    *lead, ny, nx = values.shape
-    py, px = -ny % factor, -nx % factor
-    padded = np.pad(values, [(0, 0)] * len(lead) + [(0, py), (0, px)], constant_values=np.nan)
-    blocks = padded.reshape(*lead, (ny + py) // factor, factor, (nx + px) // factor, factor)
-    with np.errstate(invalid="ignore"), _ignore_empty():
-        return np.nanmean(blocks, axis=(-3, -1))
-
-
-class _ignore_empty:
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
 
 
 def _parse_period(text: str, option: str) -> tuple[np.datetime64, np.datetime64]:
@@ -411,7 +390,7 @@ def read_netcdf(
         for f, pos, regrid in zip(fields, positions, regridders, strict=True):
             values = f.read(pos[start:stop])
             if coarsen > 1:
-                values = _block_mean(values, coarsen).astype(np.float32)
+                values = block_mean(values, coarsen).astype(np.float32)
             if regrid is not None:
                 values = regrid(values)
             bad = ~np.isfinite(values)
@@ -432,6 +411,15 @@ def read_netcdf(
         extra = int((found["valid"] & ~found["land"]).sum())
         found["land"] = found["land"] | found["valid"]
         notes.append(f"{extra} cells with observations that the land mask calls sea are counted as land")
+    # Channels that are the target itself, block-averaged (same file and variable, same units, no regridding): the
+    # downstream experiment can then make a synthetic day's X from its synthetic target by the same operator.
+    derived = [
+        derivation(coarsen)
+        if f.path.resolve() == highres.resolve() and f.name == name and regrid is None
+        and f.factor is not None and np.isclose(f.factor, target.factor)
+        else None
+        for f, regrid in zip(fields, regridders, strict=True)
+    ]  # fmt: skip
     hr_lat, hr_lon = _grid2d(target.lat, target.lon)
     lr_lat, lr_lon = _grid2d(ref.lat, ref.lon)
     source = DaySource(
@@ -454,6 +442,7 @@ def read_netcdf(
         lr_lon=lr_lon,
         notes=notes,
         oracle_path=find_oracle(Path(highres).parent),
+        derived=derived,
     )
     source.clip_report = lambda: [  # type: ignore[attr-defined]
         f"{f.where}: negative values (down to {f.stats['min']:.3g} mm/day) set to 0"

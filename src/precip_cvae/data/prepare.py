@@ -343,8 +343,15 @@ def _write_metadata(root: Path, source: DaySource, options: PrepareOptions, **s)
         meta / "variables.json",
         {
             "variables": [
-                {"name": n, "units": u, "mean": float(m), "std": float(sd)}
-                for n, u, m, sd in zip(source.variables, source.variable_units, x_mean, x_std, strict=True)
+                {"name": n, "units": u, "mean": float(m), "std": float(sd), **({"derived_from_target": d} if d else {})}
+                for n, u, m, sd, d in zip(
+                    source.variables,
+                    source.variable_units,
+                    x_mean,
+                    x_std,
+                    source.derived or [None] * len(source.variables),
+                    strict=True,
+                )
             ]
         },
     )

@@ -42,6 +42,8 @@ class DaySource:
     hr_lat, hr_lon : (H, W) float64 degrees or None; lr_lat, lr_lon : (h, w) or None
     notes : lines for the summary (regridding, unit conversions, clipping)
     oracle_path : the synthetic benchmark's oracle ensemble of the test days (absolute), or None
+    derived : per channel, how it is computed from the target in mm/day (:func:`precip_cvae.data.coarsen.derivation`)
+        when it is the target block-averaged, else None; None for the whole list when unknown
     describe : the input files or directory, for error messages and metadata
     """
 
@@ -67,3 +69,4 @@ class DaySource:
     lr_lon: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     oracle_path: str | None = None
+    derived: list[dict | None] | None = None

@@ -12,7 +12,11 @@ Arms (all train on the train split and are scored on the test days, in mm/day):
   target (see :func:`coarse_precipitation`) and put on the channel's scale by a straight line fitted, over
   training days, from coarse-grained observations to the channel; so a synthetic day is a new (X, Y) pair, not a
   second label of a real X. Every other channel is kept as it is; the arm is skipped when X has no
-  precipitation channel.
+  precipitation channel;
+- ``augment_pairs``: real plus synthetic pairs whose every X channel is made from the synthetic target by the operator
+  that made the real X (recorded by `prepare --coarsen` when the predictors are the target block-averaged, see
+  :mod:`precip_cvae.data.coarsen`): each synthetic day is a new, consistent (X, Y) pair. Skipped, with the reason,
+  when some channel has no recorded operator or the operator does not reproduce the prepared X of training days.
 
 Every run has the same number of gradient steps and batch size; batches are drawn with replacement, with the
 arm's row probabilities, from a generator seeded by the seed alone (so arms share initial weights per seed). Runs
@@ -35,6 +39,7 @@ from tqdm.auto import tqdm
 
 from precip_cvae import loop
 from precip_cvae.config import ARMS, Config, ExperimentConfig
+from precip_cvae.data import coarsen
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.sample_store import SampleStore
 from precip_cvae.downstream.losses import crps_from_quantiles, density_weights, pinball, weighted_mae
@@ -56,13 +61,18 @@ RULES = {"MAE_all": "lower", "MAE_tail": "lower", "RMSE_all": "lower", "quantile
 ExperimentOptions = ExperimentConfig
 
 
+#: How a synthetic row's X is made: the real day's, its coarse precipitation channel re-derived from the synthetic
+#: target, or every channel re-derived by the operator `prepare` recorded.
+X_FROM = ("real", "precip", "target")
+
+
 @dataclass
 class Row:
-    """One training example: a real day, or a synthetic sample of a day (``newx``: with re-derived coarse precip)."""
+    """One training example: a real day, or a synthetic sample of a day, with its X made as ``x_from`` says."""
 
     day: int
     sample: int = -1
-    newx: bool = False
+    x_from: str = "real"
 
     @property
     def synthetic(self) -> bool:
@@ -116,6 +126,23 @@ class Examples:
         self.valid = torch.from_numpy(data.valid_mask)[None]
         if self.precip_channel is not None:
             self.alpha, self.beta = self._calibrate()
+        self.derived = [v.get("derived_from_target") for v in data.variables]
+        self.x_mean = np.array([v["mean"] for v in data.variables], np.float32)[:, None, None]
+        self.x_std = np.array([v["std"] for v in data.variables], np.float32)[:, None, None]
+
+    def derive_inputs(self, field_mm: np.ndarray) -> np.ndarray:
+        """(C, h, w) normalized predictors made from a high-resolution field in mm/day by the operators `prepare`
+        recorded (every channel must have one)."""
+        raw = np.stack([coarsen.derive(record, field_mm) for record in self.derived])
+        return ((raw - self.x_mean) / self.x_std).astype(np.float32)
+
+    def derivation_error(self, n_days: int = 8) -> float:
+        """Largest |X re-derived from the observed target - the prepared X| over a few training days, in channel
+        standard deviations: ~1e-6 when the recorded operator is the one that made X (an input check)."""
+        ids = self.data.ids("train")
+        ids = ids[:: max(1, len(ids) // n_days)][:n_days]
+        return max(float(np.nanmax(np.abs(self.derive_inputs(self.data.target_mm(d)) - self.data.inputs(d))))
+                   for d in ids)  # fmt: skip
 
     def _calibrate(self, max_days: int = 400) -> tuple[float, float]:
         """Least-squares line from coarse-grained observed precipitation (mm/day) to the normalized precipitation
@@ -136,13 +163,16 @@ class Examples:
             inputs, target = self.data.inputs(row.day), self.data.target(row.day)
         else:
             inputs, target = self.store.load(row.day, row.sample)
-            if row.newx:
-                inputs = inputs.copy()
+            if row.x_from != "real":
                 mm = self.data.normalization.to_mm(target[0])
                 mm = np.where(self.data.valid_mask, mm, np.nan)
+            if row.x_from == "precip":
+                inputs = inputs.copy()
                 coarse, covered = coarse_precipitation(mm, self.data)
                 channel = inputs[self.precip_channel]
                 channel[covered] = (self.alpha + self.beta * coarse)[covered]
+            elif row.x_from == "target":
+                inputs = np.where(np.isfinite(derived := self.derive_inputs(mm)), derived, inputs)
         target = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))
         mask = torch.isfinite(target) & self.valid
         return torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)), torch.where(mask, target, 0.0), mask
@@ -181,20 +211,24 @@ def plan_arms(data: PreparedData, options: ExperimentOptions, examples: Examples
     for arm in options.arms:
         if arm not in ARMS:
             raise InputError(f"--arms: unknown arm {arm!r} (known: {', '.join(ARMS)})")
-        needs_synth = arm in ("augment", "quantile_augment", "augment_newx")
+        needs_synth = arm in ("augment", "quantile_augment", "augment_newx", "augment_pairs")
         if needs_synth and not synth:
             plans[arm] = "no accepted synthetic samples of training days (run `precip-cvae sample` first)"
             continue
         if arm == "augment_newx" and examples.precip_channel is None:
             plans[arm] = "X_lr has no precipitation channel to re-derive"
             continue
+        if arm == "augment_pairs" and (why := _pairs_unavailable(examples)):
+            plans[arm] = why
+            continue
         if arm in ("baseline", "quantile"):
             plans[arm] = ArmPlan(arm, real, uniform(n_real), ones(n_real), arm == "quantile")
         elif arm in ("augment", "quantile_augment"):
             rows = real + synth
             plans[arm] = ArmPlan(arm, rows, uniform(len(rows)), ones(len(rows)), arm == "quantile_augment")
-        elif arm == "augment_newx":
-            rows = real + [Row(r.day, r.sample, newx=True) for r in synth]
+        elif arm in ("augment_newx", "augment_pairs"):
+            x_from = "precip" if arm == "augment_newx" else "target"
+            rows = real + [Row(r.day, r.sample, x_from) for r in synth]
             plans[arm] = ArmPlan(arm, rows, uniform(len(rows)), ones(len(rows)), False)
         elif arm == "oversample":
             p = np.where(heavy, augmented_share / max(heavy.sum(), 1), (1 - augmented_share) / max((~heavy).sum(), 1))
@@ -207,6 +241,18 @@ def plan_arms(data: PreparedData, options: ExperimentOptions, examples: Examples
             is_heavy = np.array([r.synthetic or data.is_heavy(r.day) for r in plan.rows])
             plan.heavy_share = float((plan.probabilities * is_heavy).sum())
     return plans
+
+
+def _pairs_unavailable(examples: Examples, tolerance: float = 1e-3) -> str:
+    """Why ``augment_pairs`` cannot run on this dataset ("" when it can)."""
+    names = [v["name"] for v, d in zip(examples.data.variables, examples.derived, strict=True) if d is None]
+    if names:
+        return (f"X_lr channel(s) {', '.join(names)} not made from the target by a recorded operator "
+                "(only `prepare --coarsen` from the target's own file records one)")  # fmt: skip
+    error = examples.derivation_error()
+    if error > tolerance:
+        return f"the recorded operator does not reproduce the prepared X_lr (off by up to {error:.3g} sd)"
+    return ""
 
 
 def input_distance(plan: ArmPlan, examples: Examples, max_rows: int = 200) -> dict | None:
