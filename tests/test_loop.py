@@ -85,6 +85,31 @@ def test_a_learning_rate_per_step_is_set_before_each_step():
     assert seen == pytest.approx([0.5, 0.25, 0.5 / 3, 0.125])
 
 
+def test_the_weight_average_after_each_finite_step_by_hand():
+    """SGD on w with the gradient 1 each step (loss = w): w goes 1, 0.5, 0, -0.5; the average with decay 0.5 starts at
+    1 and takes each new w with weight 0.5. A BatchNorm's integer counter follows the model, its statistics average."""
+    from precip_cvae.loop import WeightAverage
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(model.weight, 1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    average = WeightAverage(model, 0.5)
+    batches = [{"x": torch.ones(1, 1)}] * 3
+    run_steps(model, batches, opt, lambda i: lambda out, b: {"total": out.sum()}, forward=lambda m, b, g: m(b["x"]),
+              to_device=lambda d: d, n_steps=3, progress=False, after_step=lambda: average.update(model))  # fmt: skip
+    assert model.weight.item() == pytest.approx(-0.5)
+    # 1 -> 0.5·1 + 0.5·0.5 = 0.75 -> 0.5·0.75 + 0 = 0.375 -> 0.5·0.375 + 0.5·(−0.5) = −0.0625
+    assert average.state["weight"].item() == pytest.approx(-0.0625)
+    average.copy_to(model)
+    assert model.weight.item() == pytest.approx(-0.0625)
+    bn = torch.nn.BatchNorm1d(1, momentum=1.0)
+    bn_average = WeightAverage(bn, 0.5)
+    bn(torch.tensor([[2.0], [4.0]]))  # momentum 1: running mean 3, counter 1
+    bn_average.update(bn)
+    assert bn_average.state["running_mean"].item() == pytest.approx(0.5 * 0 + 0.5 * 3)
+    assert bn_average.state["num_batches_tracked"].item() == 1
+
+
 def test_scheduled_learning_rates_by_hand():
     from precip_cvae.config import load_config
     from precip_cvae.loop import scheduled_lr

@@ -222,7 +222,8 @@ class ExperimentConfig:
     running statistics come from the last few batches). ``bn_recalibrate``: when > 0, after training the BatchNorm
     statistics are re-estimated as the plain average over that many batches of the arm's training rows.
     ``val_every``: when > 0, score the validation days every that many steps and keep the best weights (by MAE above
-    P95 on heavy validation days); 0 keeps the last.
+    P95 on heavy validation days); 0 keeps the last. ``ema``: when > 0, the weights used (validated, kept, scored) are
+    the exponential moving average of the training path with this decay (e.g. 0.995: about the last 200 steps).
     """
 
     arms: tuple[str, ...] = ARMS
@@ -244,6 +245,7 @@ class ExperimentConfig:
     bn_momentum: float = 0.5
     bn_recalibrate: int = 0
     val_every: int = 0
+    ema: float = 0.0
 
 
 #: The reference design's values of the keys whose defaults changed (what the ``reference`` preset sets).
@@ -455,6 +457,7 @@ def validate(config: Config) -> None:
         ("experiment.bn_momentum", 0.0 < config.experiment.bn_momentum <= 1.0),
         ("experiment.bn_recalibrate", config.experiment.bn_recalibrate >= 0),
         ("experiment.val_every", config.experiment.val_every >= 0),
+        ("experiment.ema", 0.0 <= config.experiment.ema < 1.0),
         ("experiment.quantiles", all(0 < q < 1 for q in config.experiment.quantiles)),
         ("experiment.per_day", config.experiment.per_day >= 1),
         (

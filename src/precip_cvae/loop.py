@@ -134,13 +134,15 @@ def run_steps(
     batch_size_key: str = "train.batch_size",
     advice: str = "lower the learning rate, set a gradient clip, or set train.amp=false",
     lr_for_step: Callable[[int], float] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> StepStats:
     """Train on the first ``n_steps`` batches of ``batches`` through :func:`train_step`.
 
     ``loss_for_step(i)`` gives the loss of step ``i`` (a KL weight may change within an epoch). Raises
     :class:`TrainingDiverged` after more than ``max_bad_steps`` non-finite steps in a row or when no step was finite,
     and :class:`RunFailed` when the device runs out of memory (naming ``batch_size_key``). ``lr_for_step(i)``, when
-    given, sets the learning rate of every parameter group before step ``i``.
+    given, sets the learning rate of every parameter group before step ``i``; ``after_step()``, when given, runs after
+    each step whose loss was finite (e.g. :meth:`WeightAverage.update`).
     """
     sums: dict[str, float] = {}
     done = skipped = bad_in_a_row = 0
@@ -173,6 +175,8 @@ def run_steps(
             continue
         bad_in_a_row = 0
         done += 1
+        if after_step is not None:
+            after_step()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v
         bar.set_postfix(loss=f"{sums['total'] / done:.3f}")
@@ -180,3 +184,27 @@ def run_steps(
     if done == 0:
         raise TrainingDiverged(f"training diverged: no finite loss ({desc}); {advice}")
     return StepStats({k: v / done for k, v in sums.items()}, done, skipped)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's floating-point parameters and buffers (BatchNorm running
+    statistics included): ``avg ← decay·avg + (1 − decay)·current`` after each step, starting from the weights it is
+    created with. Integer buffers (BatchNorm's batch counter) follow the model. The averaged weights of a noisy
+    optimizer path are steadier than its last point (Polyak averaging)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.state[k].lerp_(v.detach(), 1.0 - self.decay)
+            else:
+                self.state[k].copy_(v)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict(self.state)

@@ -20,24 +20,40 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+def _precip_cmap():
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad("0.85")  # invalid pixels (sea, no data) in light grey
+    return cmap
+
+
+def _field_row(fig, axes, fields: list[np.ndarray], titles: list[str], valid: np.ndarray) -> None:
+    """Maps on one shared mm/day colour scale (0 to the 99.5th percentile of their valid pixels), one colour bar."""
+    vmax = float(np.nanpercentile(np.concatenate([f[valid] for f in fields]), 99.5)) or 1.0
+    for ax, field, title in zip(axes, fields, titles, strict=True):
+        image = ax.imshow(np.where(valid, field, np.nan), origin="lower", cmap=_precip_cmap(), vmin=0, vmax=vmax)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=8)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="mm/day")
+
+
 def heaviest_days(path: Path, maps: dict, valid: np.ndarray) -> str:
     """Real vs synthetic maps of the heaviest days: one row per day, a shared mm/day colour scale per row."""
     days = sorted(maps, key=lambda d: -np.nanmean(maps[d]["obs"]))
     n_cols = 1 + max(len(m["model"]) for m in maps.values())
     fig, axes = plt.subplots(len(days), n_cols, figsize=(2.3 * n_cols, 2.2 * len(days)), squeeze=False)
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("0.85")  # invalid pixels (sea, no data) in light grey
     for row, day in enumerate(days):
         fields = [maps[day]["obs"], *maps[day]["model"]]
-        vmax = float(np.nanpercentile(np.concatenate([f[valid] for f in fields]), 99.5)) or 1.0
-        for col, field in enumerate(fields):
-            ax = axes[row, col]
-            image = ax.imshow(np.where(valid, field, np.nan), origin="lower", cmap=cmap, vmin=0, vmax=vmax)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            title = f"observed {maps[day]['date'] or day}" if col == 0 else f"sample {col}"
-            ax.set_title(title, fontsize=8)
-        fig.colorbar(image, ax=axes[row, :].tolist(), shrink=0.8, label="mm/day")
+        titles = [f"observed {maps[day]['date'] or day}"] + [f"sample {k}" for k in range(1, len(fields))]
+        _field_row(fig, axes[row, : len(fields)], fields, titles, valid)
+    return _save(fig, path)
+
+
+def side_by_side(path: Path, fields: dict[str, np.ndarray], valid: np.ndarray, title: str) -> str:
+    """One row of maps (e.g. the observation of a day, then each system's field of it) on a shared colour scale."""
+    fig, axes = plt.subplots(1, len(fields), figsize=(2.3 * len(fields) + 1, 2.6), squeeze=False)
+    _field_row(fig, axes[0], list(fields.values()), list(fields), valid)
+    fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
 

@@ -104,7 +104,7 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     out = tmp_path / "experiment"
     argv = [sys.executable, "-m", "precip_cvae", "experiment", "--config", str(config), "--seeds", "2", "--steps", "6",
             "--batch-size", "4", "--filters", "4", "--blocks", "1", "--source", str(synth), "--out", str(out),
-            "--quiet"]  # fmt: skip
+            "--quiet", "experiment.ema=0.9", "experiment.val_every=3"]  # fmt: skip
     result = subprocess.run(argv, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "experiment.json").read_text())
@@ -129,6 +129,8 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     assert "its synthetic inputs differ from their real day's by 0.00 channel standard deviations" in text
     assert "blew up" in text and isinstance(report["blowups"], list)
     assert (out / "qq_per_arm.png").is_file() and (out / "bars_MAE_tail_all.png").is_file()
+    assert (out / "map_per_arm.png").is_file() and "weights (decay 0.9)" in text and "MDE (80 % power)" in text
+    assert json.loads((out / "runs" / "augment_seed0.json").read_text())["selection"]["best_step"] in (3, 6)
     # each run keeps per-test-day sums that add up to its scores (the bootstrap's inputs)
     run = json.loads((out / "runs" / "baseline_seed0.json").read_text())
     daily, heavy = run["daily"], np.array(run["daily"]["heavy"])

@@ -25,6 +25,7 @@ are saved as they finish: a re-run skips them (an interrupted experiment resumes
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -46,7 +47,7 @@ from precip_cvae.downstream.losses import crps_from_quantiles, density_weights, 
 from precip_cvae.downstream.srdrn import SRDRN, recalibrate_batchnorm, set_bn_momentum
 from precip_cvae.downstream.stats import paired_difference
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import write_json
+from precip_cvae.fileio import save_npy, write_json
 from precip_cvae.generator import select_device
 from precip_cvae.loop import Precision
 from precip_cvae.metrics import Categorical, Deterministic, Fields, Intensities, Mean, Scores
@@ -303,6 +304,8 @@ def train_run(
     Batches are drawn with replacement with the arm's row probabilities, from a generator seeded by ``seed`` alone.
     ``experiment.schedule`` sets the learning rate per step, ``experiment.bn_momentum`` the BatchNorm momentum, and
     ``experiment.bn_recalibrate`` > 0 re-estimates the BatchNorm statistics over that many batches afterwards.
+    ``experiment.ema`` > 0 trains as usual but validates, keeps and returns the moving average of the weights
+    (:class:`~precip_cvae.loop.WeightAverage` with that decay) instead of the optimizer's last point.
     ``experiment.val_every`` > 0 scores the validation days every that many steps (never test days) and keeps the
     weights with the best :func:`validation_score`. Returns the model (in eval mode) and the selection record: the
     validation scores by step, the best step and score."""
@@ -335,6 +338,15 @@ def train_run(
     def lr_for_step(i: int) -> float:
         return loop.scheduled_lr(options.lr, options.schedule, i, options.steps)
 
+    average = loop.WeightAverage(model, options.ema) if options.ema > 0 else None
+    # the weights validated, kept and returned: the moving average when there is one, else the optimizer's
+    scored = copy.deepcopy(model) if average is not None else model
+
+    def current() -> torch.nn.Module:
+        if average is not None:
+            average.copy_to(scored)
+        return scored
+
     batches = iter(loader(options.steps))
     every = options.val_every if options.val_every > 0 else options.steps
     selection: dict = {"val_every": options.val_every, "scores": []}
@@ -347,13 +359,16 @@ def train_run(
             grad_clip=options.grad_clip, desc=f"{plan.name} seed {seed}", progress=progress,
             batch_size_key="experiment.batch_size", lr_for_step=lambda i, start=start: lr_for_step(start + i),
             advice="lower experiment.lr, set experiment.grad_clip, or set train.amp=false",
+            after_step=None if average is None else lambda: average.update(model),
         )  # fmt: skip
         if options.val_every > 0:
-            score = validation_score(score_run(model.eval(), plan, data, options, device, split="val"))
+            score = validation_score(score_run(current().eval(), plan, data, options, device, split="val"))
+            model.train()
             selection["scores"].append([start + n, score])
             if best is None or score < best[0]:
-                best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                best = (score, {k: v.detach().clone() for k, v in scored.state_dict().items()})
                 selection["best_step"], selection["best_score"] = start + n, score
+    model = current()
     if best is not None:
         model.load_state_dict(best[1])
     if options.bn_recalibrate > 0:  # after the training draws, from the same generator: reproducible per seed
@@ -402,6 +417,7 @@ def score_run(
     statics = torch.from_numpy(data.statics)[None].to(device)
     days = data.ids(split)
     median = options.quantiles.index(0.5) if plan.quantile and 0.5 in options.quantiles else 0
+    map_day_, map_mm = map_day(data, split), None
     for start in range(0, len(days), 32):
         batch = days[start : start + 32]
         inputs = torch.from_numpy(np.stack([data.inputs(d) for d in batch])).to(device)
@@ -417,6 +433,8 @@ def score_run(
                 crps = crps_from_quantiles(torch.from_numpy(mm[b][None]), torch.from_numpy(obs[None, None]),
                                            options.quantiles, torch.from_numpy(mask[None, None]))  # fmt: skip
             fields = Fields.single(mm[b, median], obs, mask)
+            if day == map_day_:
+                map_mm = mm[b, median].astype(np.float32)
             one = Deterministic(tail=thresholds["P95"])  # this day's sums, for the bootstrap over days
             one.accum(fields)
             daily["day"].append(int(day))
@@ -429,13 +447,23 @@ def score_run(
                 if crps is not None:
                     crps_q[subset].accum(crps, weight=fields.n)
     levels = np.round(1 - np.logspace(-4, np.log10(0.5), 30), 6)
-    intensities = scores["all"]["intensities"]
-    qq = {
-        "levels": levels.tolist(),
-        "sim": [intensities.sim.quantile(q) for q in levels],
-        "obs": [intensities.obs.quantile(q) for q in levels],
-    }
-    return {**{k: {**v.compute(), **crps_q[k].compute()} for k, v in scores.items()}, "qq": qq, "daily": daily}
+
+    def qq(subset: str) -> dict | None:
+        intensities = scores[subset]["intensities"]
+        if intensities.obs.n == 0:
+            return None
+        return {"levels": levels.tolist(), "sim": [intensities.sim.quantile(q) for q in levels],
+                "obs": [intensities.obs.quantile(q) for q in levels]}  # fmt: skip
+
+    return {**{k: {**v.compute(), **crps_q[k].compute()} for k, v in scores.items()}, "qq": qq("all"),
+            "qq_heavy": qq("heavy"), "daily": daily, "map": {"day": map_day_, "mm": map_mm}}  # fmt: skip
+
+
+def map_day(data: PreparedData, split: str = "test") -> int:
+    """The day every arm's map shows: the heavy day of ``split`` with the largest land mean (any day if none)."""
+    days = data.ids(split)
+    heavy = [d for d in days if data.is_heavy(d)] or days
+    return max(heavy, key=lambda d: np.nan_to_num(data.land_means[d], nan=-np.inf))
 
 
 #: A run "blows up" on heavy days when its P99 there is off by more than this fraction of the observed P99.
@@ -595,7 +623,9 @@ def run_experiment(
             continue
         model, selection = train_run(plans[arm], examples, data, options, seed, config, device, progress=progress)
         scores = {**score_run(model, plans[arm], data, options, device), "selection": selection}
-        write_json(path, scores)
+        field = scores.pop("map")
+        save_npy(map_path(runs_dir, arm, seed), field["mm"])  # before the run's JSON, which marks it done
+        write_json(path, {**scores, "map_day": field["day"]})
         results.setdefault(arm, []).append(json.loads(path.read_text()))
     summary = summarize(results)
     report = {
@@ -615,11 +645,20 @@ def run_experiment(
         "heavy_test_days": sum(data.is_heavy(d) for d in data.ids("test")),
         "summary": summary,
         "qq": {arm: runs[0].get("qq") for arm, runs in results.items()},
+        "qq_heavy": {arm: runs[0].get("qq_heavy") for arm, runs in results.items()},
         "verdict": verdict(summary),
         "blowups": blowups(results),
     }
     write_json(out_dir / "experiment.json", report)
     from precip_cvae.downstream.report import write_experiment_report
 
-    write_experiment_report(out_dir, report)
+    maps = {arm: np.load(map_path(runs_dir, arm, 0)) for arm in results if map_path(runs_dir, arm, 0).is_file()}
+    day = map_day(data)
+    write_experiment_report(out_dir, report, {"day": day, "date": data.date(day), "obs": data.target_mm(day),
+                                              "valid": data.valid_mask, "arms": maps})  # fmt: skip
     return report
+
+
+def map_path(runs_dir: Path, arm: str, seed: int) -> Path:
+    """Where a run keeps its point prediction of the :func:`map_day` (mm/day, (H, W) float32)."""
+    return runs_dir / f"{arm}_seed{seed}_map.npy"

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from precip_cvae.fileio import write_text  # noqa: E402
+from precip_cvae.plot import side_by_side  # noqa: E402
 
 TABLE_METRICS = ("MAE_tail", "MAE_all", "RMSE_all", "quantile_bias_P99", "quantile_bias_P99.9", "CSI_P95", "SEDI_P99",
                  "CRPS_q")  # fmt: skip
@@ -39,8 +40,9 @@ def bar_chart(path: Path, summary: dict, metric: str, subset: str) -> str:
     return path.name
 
 
-def qq_chart(path: Path, qq: dict) -> str | None:
-    """Q-Q of test intensities (all valid pixel-days): each arm's point predictions (first seed) vs observations."""
+def qq_chart(path: Path, qq: dict, which: str = "heavy test days") -> str | None:
+    """Q-Q of test intensities (valid pixel-days of ``which``): each arm's point predictions (first seed) vs
+    observations."""
     curves = {arm: c for arm, c in qq.items() if c}
     if not curves:
         return None
@@ -52,23 +54,33 @@ def qq_chart(path: Path, qq: dict) -> str | None:
     ax.plot([0, top], [0, top], "k--", lw=0.8, label="1:1")
     ax.set_xlabel("observed quantile (mm/day)")
     ax.set_ylabel("predicted quantile (mm/day)")
-    ax.set_title("Q-Q of test intensities, 50th to 99.99th percentile", fontsize=9)
+    ax.set_title(f"Q-Q of intensities on {which}, 50th to 99.99th percentile", fontsize=9)
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path.name
 
 
-def write_experiment_report(out_dir: Path, report: dict) -> None:
+def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = None) -> None:
+    """experiment.md: the verdict, the settings and arms, the tables, then the figures (bar charts with intervals,
+    Q-Q of heavy-day intensities per arm, and ``maps``, when given, of one heavy test day: ``{"day", "date", "obs",
+    "valid", "arms": {arm: (H, W) mm/day}}``)."""
     summary = report["summary"]
     o = report["options"]
     figures = []
-    for metric, subset in (("MAE_tail", "heavy"), ("MAE_tail", "all"), ("quantile_bias_P99", "all")):
+    for metric, subset in (("MAE_tail", "heavy"), ("MAE_tail", "all"), ("quantile_bias_P99", "heavy")):
         if summary and any(summary[a].get(subset) for a in summary):
             figures.append(bar_chart(out_dir / f"bars_{metric}_{subset}.png", summary, metric, subset))
-    qq = qq_chart(out_dir / "qq_per_arm.png", report.get("qq", {}))
+    heavy_qq = any(report.get("qq_heavy", {}).values())
+    qq = qq_chart(out_dir / "qq_per_arm.png", report["qq_heavy"] if heavy_qq else report.get("qq", {}),
+                  "heavy test days" if heavy_qq else "all test days")  # fmt: skip
     if qq:
         figures.append(qq)
+    if maps and maps["arms"]:
+        label = maps["date"] or f"day {maps['day']}"
+        panels = {f"observed {label}": maps["obs"], **maps["arms"]}
+        title = f"The wettest heavy test day ({label}): observation and each arm's prediction (seed 0)"
+        figures.append(side_by_side(out_dir / "map_per_arm.png", panels, maps["valid"], title))
     lines = [
         "# Downstream experiment: does augmentation help SRDRN with extremes?",
         "",
@@ -79,7 +91,15 @@ def write_experiment_report(out_dir: Path, report: dict) -> None:
         f"{list(o['quantiles'])}; {report['test_days']} test days, {report['heavy_test_days']} heavy. Values: mean "
         "and 95 % interval over seeds (Student t); 'minus baseline' is the paired difference, same seed. All in "
         "mm/day except CSI and SEDI; the quantile arms are scored on their 0.5 quantile, and CRPS_q is the CRPS "
-        "approximated from their quantiles.",
+        "approximated from their quantiles. For the MAEs, the row 'seeds × 7-day blocks' is the paired difference "
+        "with an interval that also resamples test days in 7-day blocks, and MDE the smallest difference that interval "
+        "would detect with 80 % power."
+        + (
+            f" Training: learning rate {o.get('schedule', 'constant')}, BatchNorm momentum {o.get('bn_momentum')}"
+            + (f", moving average of the weights (decay {o['ema']})" if o.get("ema") else "")
+            + (f", checkpoint chosen on validation days every {o['val_every']} steps" if o.get("val_every") else "")
+            + "."
+        ),
         "",
     ]
     for arm, info in report["arms"].items():
@@ -116,5 +136,11 @@ def write_experiment_report(out_dir: Path, report: dict) -> None:
                 )
                 + " |"
             )
+            if any(summary[a][subset][m].get("paired") for a in arms):
+                paired = [summary[a][subset][m].get("paired") for a in arms]
+                lines.append(f"| {m} minus baseline, seeds × 7-day blocks | " + " | ".join(_fmt(p) for p in paired)
+                             + " |")  # fmt: skip
+                lines.append(f"| {m} MDE (80 % power) | "
+                             + " | ".join(f"{p['mde']:.3f}" if p else "–" for p in paired) + " |")  # fmt: skip
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     write_text(out_dir / "experiment.md", "\n".join(lines) + "\n")
