@@ -405,6 +405,7 @@ def _add_experiment(sub) -> None:
     _option(p, "--source", type=Path, help="samples directory (default <outputs_root>/synth)")
     _option(p, "--out", type=Path, help="output directory (default <outputs_root>/experiment)")
     _option(p, "--device", help="auto, cpu, cuda, cuda:1, mps (train.device)")
+    _option(p, "--jobs", type=_positive_int, help="runs trained at once, in separate processes (experiment.jobs: 1)")
     _verbosity(p)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.set_defaults(func=_run_experiment)
@@ -413,7 +414,7 @@ def _add_experiment(sub) -> None:
 #: `experiment`'s options -> the config keys they set.
 EXPERIMENT_FLAGS = {
     **{name: f"experiment.{name}" for name in ("arms", "seeds", "epochs", "steps", "batch_size", "filters", "per_day",
-                                               "source")},
+                                               "source", "jobs")},
     "blocks": "experiment.n_blocks",
     "device": "train.device",
 }  # fmt: skip

@@ -224,6 +224,8 @@ class ExperimentConfig:
     ``val_every``: when > 0, score the validation days every that many steps and keep the best weights (by MAE above
     P95 on heavy validation days); 0 keeps the last. ``ema``: when > 0, the weights used (validated, kept, scored) are
     the exponential moving average of the training path with this decay (e.g. 0.995: about the last 200 steps).
+    ``jobs``: runs trained at once in separate processes (each with its share of the CPU threads; on a GPU they share
+    it); the results do not depend on it.
     """
 
     arms: tuple[str, ...] = ARMS
@@ -246,6 +248,7 @@ class ExperimentConfig:
     bn_recalibrate: int = 0
     val_every: int = 0
     ema: float = 0.0
+    jobs: int = 1
 
 
 #: The reference design's values of the keys whose defaults changed (what the ``reference`` preset sets).
@@ -458,6 +461,7 @@ def validate(config: Config) -> None:
         ("experiment.bn_recalibrate", config.experiment.bn_recalibrate >= 0),
         ("experiment.val_every", config.experiment.val_every >= 0),
         ("experiment.ema", 0.0 <= config.experiment.ema < 1.0),
+        ("experiment.jobs", config.experiment.jobs >= 1),
         ("experiment.quantiles", all(0 < q < 1 for q in config.experiment.quantiles)),
         ("experiment.per_day", config.experiment.per_day >= 1),
         (

@@ -21,9 +21,7 @@ def _save(fig, path: Path) -> str:
 
 
 def _precip_cmap():
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("0.85")  # invalid pixels (sea, no data) in light grey
-    return cmap
+    return matplotlib.colormaps["viridis"].with_extremes(bad="0.85")  # invalid pixels (sea, no data) in light grey
 
 
 def _field_row(fig, axes, fields: list[np.ndarray], titles: list[str], valid: np.ndarray) -> None:

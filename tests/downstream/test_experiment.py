@@ -150,6 +150,22 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     assert json.loads((out / "experiment.json").read_text())["summary"] == report["summary"]
 
 
+def test_runs_in_parallel_processes_equal_runs_one_after_another(prepared, tmp_path):
+    from precip_cvae.config import load_config
+
+    config = load_config(None, [f"data.data_root={prepared}", f"data.outputs_root={tmp_path}", "train.device=cpu"])
+    options = replace(config.experiment, arms=("baseline", "oversample"), seeds=1, steps=3, batch_size=4, filters=4,
+                      n_blocks=1, ema=0.5)  # fmt: skip
+    serial = run_experiment(config, options, tmp_path / "serial", progress=False)
+    parallel = run_experiment(config, replace(options, jobs=2), tmp_path / "parallel", progress=False)
+    for arm in ("baseline", "oversample"):
+        for m in ("MAE_all", "MAE_tail", "RMSE_all"):
+            a = serial["summary"][arm]["all"][m]["value"]["mean"]
+            assert parallel["summary"][arm]["all"][m]["value"]["mean"] == pytest.approx(a, rel=1e-5)
+        a, b = (np.load(tmp_path / d / "runs" / f"{arm}_seed0_map.npy") for d in ("serial", "parallel"))
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_verdict_says_when_a_difference_is_noise():
     def block(mean, low, high):
         value = {"mean": mean, "low": mean - 1, "high": mean + 1, "n": 3}

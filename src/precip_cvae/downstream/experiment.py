@@ -29,6 +29,8 @@ import copy
 import itertools
 import json
 import math
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -613,20 +615,24 @@ def run_experiment(
     plans = plan_arms(data, options, examples)
     runs_dir = out_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[dict]] = {}
     skipped = {arm: why for arm, why in plans.items() if isinstance(why, str)}
-    todo = [(arm, s) for arm, p in plans.items() if isinstance(p, ArmPlan) for s in range(options.seeds)]
-    for arm, seed in tqdm(todo, desc="experiment", unit="run", disable=not progress):
-        path = runs_dir / f"{arm}_seed{seed}.json"
-        if path.is_file():
-            results.setdefault(arm, []).append(json.loads(path.read_text()))
-            continue
-        model, selection = train_run(plans[arm], examples, data, options, seed, config, device, progress=progress)
-        scores = {**score_run(model, plans[arm], data, options, device), "selection": selection}
-        field = scores.pop("map")
-        save_npy(map_path(runs_dir, arm, seed), field["mm"])  # before the run's JSON, which marks it done
-        write_json(path, {**scores, "map_day": field["day"]})
-        results.setdefault(arm, []).append(json.loads(path.read_text()))
+    runs = [(arm, s) for arm, p in plans.items() if isinstance(p, ArmPlan) for s in range(options.seeds)]
+    todo = [(arm, s) for arm, s in runs if not run_path(runs_dir, arm, s).is_file()]
+    if options.jobs > 1 and len(todo) > 1:
+        threads = max(1, (os.cpu_count() or 1) // options.jobs)
+        context = torch.multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(options.jobs, len(todo)), mp_context=context, initializer=_start_worker,
+                                 initargs=(config, options, str(device), threads)) as pool:  # fmt: skip
+            futures = [pool.submit(_worker_run, arm, seed, str(runs_dir)) for arm, seed in todo]
+            for future in tqdm(as_completed(futures), total=len(futures), desc="experiment", unit="run",
+                               disable=not progress):  # fmt: skip
+                future.result()
+    else:
+        for arm, seed in tqdm(todo, desc="experiment", unit="run", disable=not progress):
+            _run_one(plans[arm], examples, data, options, seed, config, device, runs_dir, progress)
+    results: dict[str, list[dict]] = {}
+    for arm, seed in runs:
+        results.setdefault(arm, []).append(json.loads(run_path(runs_dir, arm, seed).read_text()))
     summary = summarize(results)
     report = {
         "options": asdict(options),
@@ -657,6 +663,39 @@ def run_experiment(
     write_experiment_report(out_dir, report, {"day": day, "date": data.date(day), "obs": data.target_mm(day),
                                               "valid": data.valid_mask, "arms": maps})  # fmt: skip
     return report
+
+
+def _run_one(plan: ArmPlan, examples: Examples, data: PreparedData, options: ExperimentConfig, seed: int,
+             config: Config, device: torch.device, runs_dir: Path, progress: bool = False) -> None:  # fmt: skip
+    """Train and score one (arm, seed) and store it: its map first, then its JSON, which marks the run done."""
+    model, selection = train_run(plan, examples, data, options, seed, config, device, progress=progress)
+    scores = {**score_run(model, plan, data, options, device), "selection": selection}
+    field = scores.pop("map")
+    save_npy(map_path(runs_dir, plan.name, seed), field["mm"])
+    write_json(run_path(runs_dir, plan.name, seed), {**scores, "map_day": field["day"]})
+
+
+#: A worker process's dataset, examples, plans and settings (``experiment.jobs`` > 1), set once by _start_worker.
+_WORKER: dict = {}
+
+
+def _start_worker(config: Config, options: ExperimentConfig, device: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    data = PreparedData(config.data.data_root)
+    examples = Examples(data, SampleStore(options.source))
+    plans = plan_arms(data, options, examples)
+    _WORKER.update(config=config, options=options, device=torch.device(device), data=data, examples=examples,
+                   plans=plans)  # fmt: skip
+
+
+def _worker_run(arm: str, seed: int, runs_dir: str) -> None:
+    w = _WORKER
+    _run_one(w["plans"][arm], w["examples"], w["data"], w["options"], seed, w["config"], w["device"], Path(runs_dir))
+
+
+def run_path(runs_dir: Path, arm: str, seed: int) -> Path:
+    """Where a finished run keeps its scores (its presence marks the run done; a re-run skips it)."""
+    return runs_dir / f"{arm}_seed{seed}.json"
 
 
 def map_path(runs_dir: Path, arm: str, seed: int) -> Path:
