@@ -364,7 +364,8 @@ def train_run(
             after_step=None if average is None else lambda: average.update(model),
         )  # fmt: skip
         if options.val_every > 0:
-            score = validation_score(score_run(current().eval(), plan, data, options, device, split="val"))
+            scores = score_run(current().eval(), plan, data, options, device, split="val", heavy_only=True)
+            score = validation_score(scores)
             model.train()
             selection["scores"].append([start + n, score])
             if best is None or score < best[0]:
@@ -408,9 +409,11 @@ def point_scores(thresholds: dict[str, float]) -> Scores:
 
 @torch.no_grad()
 def score_run(
-    model: SRDRN, plan: ArmPlan, data: PreparedData, options: ExperimentOptions, device, split: str = "test"
-) -> dict:
-    """Scores of one trained model on all days and on heavy days of ``split`` (test; val to choose settings)."""
+    model: SRDRN, plan: ArmPlan, data: PreparedData, options: ExperimentOptions, device, split: str = "test",
+    heavy_only: bool = False,
+) -> dict:  # fmt: skip
+    """Scores of one trained model on all days and on heavy days of ``split`` (test; val to choose settings), or on
+    its heavy days alone with ``heavy_only`` (all its days when it has none)."""
     thresholds = {k: data.thresholds_mm[k] for k in ("P95", "P99")}
     thresholds.update({f"{t:g}mm": t for t in options.fixed_thresholds_mm})
     scores = {"all": point_scores(thresholds), "heavy": point_scores(thresholds)}
@@ -418,6 +421,8 @@ def score_run(
     daily: dict = {"day": [], "heavy": [], **{m: {"num": [], "den": []} for m in DAILY_SCORES}}
     statics = torch.from_numpy(data.statics)[None].to(device)
     days = data.ids(split)
+    if heavy_only:
+        days = [d for d in days if data.is_heavy(d)] or days
     median = options.quantiles.index(0.5) if plan.quantile and 0.5 in options.quantiles else 0
     map_day_, map_mm = map_day(data, split), None
     for start in range(0, len(days), 32):
@@ -572,6 +577,8 @@ def verdict(summary: dict) -> str:
                 f"{paired['n_days']} test days (bootstrap in {paired['block']}-day blocks): "
             )
             text += "larger than the noise" if beyond else "not distinguishable from the noise"
+            if paired["n_seeds"] < 2:
+                text += " (one seed: the interval covers the choice of test days, not seed-to-seed variation)"
             text += f"; the smallest difference this run could detect with 80 % power is {paired['mde']:.2f} mm/day"
             text += f" ({paired['mde'] / base:.0%} of the baseline's))." if base else ")."
         elif diff["low"] is not None:

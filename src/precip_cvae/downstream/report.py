@@ -138,8 +138,8 @@ def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = Non
             )
             if any(summary[a][subset][m].get("paired") for a in arms):
                 paired = [summary[a][subset][m].get("paired") for a in arms]
-                lines.append(f"| {m} minus baseline, seeds × 7-day blocks | " + " | ".join(_fmt(p) for p in paired)
-                             + " |")  # fmt: skip
+                cells = " | ".join(_fmt(p) if p else "–" for p in paired)
+                lines.append(f"| {m} minus baseline, seeds × 7-day blocks | {cells} |")
                 lines.append(f"| {m} MDE (80 % power) | "
                              + " | ".join(f"{p['mde']:.3f}" if p else "–" for p in paired) + " |")  # fmt: skip
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
