@@ -397,7 +397,7 @@ def _add_experiment(sub) -> None:
     _option(p, "--arms", help=f"comma-separated arms (experiment.arms: all of {','.join(ARMS)})")
     _option(p, "--seeds", type=_positive_int, help="seeds per arm (experiment.seeds: 5)")
     _option(p, "--epochs", type=_positive_int, help="budget in passes over the real training days (experiment.epochs)")
-    _option(p, "--steps", type=_positive_int, help="budget in gradient steps if no --epochs (experiment.steps: 1500)")
+    _option(p, "--steps", type=_positive_int, help="budget in gradient steps if no --epochs (experiment.steps: 2000)")
     _option(p, "--batch-size", type=_positive_int, help="(experiment.batch_size: 16)")
     _option(p, "--filters", type=_positive_int, help="SRDRN width (experiment.filters: 32; the paper's is 64)")
     _option(p, "--blocks", type=_positive_int, help="SRDRN residual blocks (experiment.n_blocks: 8; the paper's: 16)")

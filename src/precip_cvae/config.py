@@ -230,7 +230,7 @@ class ExperimentConfig:
 
     arms: tuple[str, ...] = ARMS
     seeds: int = 5
-    steps: int = 1500
+    steps: int = 2000
     epochs: int = 0
     batch_size: int = 16
     lr: float = 1e-3
@@ -246,8 +246,8 @@ class ExperimentConfig:
     schedule: str = "constant"
     bn_momentum: float = 0.5
     bn_recalibrate: int = 0
-    val_every: int = 0
-    ema: float = 0.0
+    val_every: int = 100
+    ema: float = 0.995
     jobs: int = 1
 
 

@@ -108,7 +108,9 @@ def run_demo(
             f"[+] downstream experiment (2 seeds, 300 steps per run) -> {Path(config.data.outputs_root) / 'experiment'}"
         )
         report = run_experiment(
-            config, ExperimentOptions(seeds=2, steps=300, filters=16, n_blocks=4), progress=progress
+            config,
+            ExperimentOptions(seeds=2, steps=300, filters=16, n_blocks=4, ema=0.98, val_every=50),
+            progress=progress,
         )
         logger.info(report["verdict"])
     logger.info(f"demo finished in {time.perf_counter() - started:.0f} s; outputs under {out}")

@@ -166,6 +166,19 @@ def test_runs_in_parallel_processes_equal_runs_one_after_another(prepared, tmp_p
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_convergence_from_the_validation_curves_by_hand():
+    from precip_cvae.downstream.experiment import convergence
+
+    still = {"selection": {"scores": [[100, 10.0], [200, 8.0], [300, 6.0], [400, 5.0]]}}  # best before 300: 6 -> 5
+    flat = {"selection": {"scores": [[100, 10.0], [200, 4.0], [300, 4.1], [400, 4.0]]}}  # 4 -> 4
+    worse = {"selection": {"scores": [[100, 10.0], [200, 4.0], [300, 4.1], [400, 4.4]]}}  # 4 -> 4.4
+    assert convergence([still])["last_quarter_gain"] == pytest.approx([1 / 6])
+    assert not convergence([still])["converged"] and convergence([still])["steps"] == 400
+    both = convergence([flat, worse])
+    assert both["last_quarter_gain"] == pytest.approx([0.0, -0.1]) and both["converged"]
+    assert convergence([{"selection": {"val_every": 0, "scores": []}}]) is None
+
+
 def test_verdict_says_when_a_difference_is_noise():
     def block(mean, low, high):
         value = {"mean": mean, "low": mean - 1, "high": mean + 1, "n": 3}
@@ -199,7 +212,8 @@ def test_planted_case_oversampling_beats_the_baseline_on_extremes(tmp_path):
     prepare(source, tmp_path, PrepareOptions(progress=False))
     config = load_config(None, [f"data.data_root={tmp_path / 'data'}", f"data.outputs_root={tmp_path / 'out'}"])
     options = ExperimentOptions(arms=("baseline", "oversample"), seeds=3, steps=150, batch_size=8, filters=8,
-                                n_blocks=2, oversample_share=0.5)  # fmt: skip
+                                n_blocks=2, oversample_share=0.5, ema=0.95, val_every=0)  # fmt: skip
+    # (no checkpoint choice: this case has about two heavy validation days to choose on)
     report = run_experiment(config, options, progress=False)
     diff = report["summary"]["oversample"]["all"]["MAE_tail"]["minus_baseline"]
     assert diff["mean"] < 0 and diff["high"] < 0, diff
@@ -274,7 +288,8 @@ def test_validation_every_n_steps_keeps_the_best_weights(prepared, tmp_path):
 
     config = load_config(None, [f"data.data_root={prepared}", "train.device=cpu", "experiment.arms=[baseline]",
                                 "experiment.steps=9", "experiment.batch_size=4", "experiment.filters=4",
-                                "experiment.n_blocks=1", "experiment.lr=0.01"])  # fmt: skip
+                                "experiment.n_blocks=1", "experiment.lr=0.01", "experiment.val_every=0",
+                                "experiment.ema=0"])  # fmt: skip
     data = PreparedData(prepared)
     examples = Examples(data, SampleStore(tmp_path / "none"))
     options = config.experiment

@@ -491,6 +491,32 @@ def blowups(results: dict[str, list[dict]]) -> list[dict]:
     return out
 
 
+#: The baseline "has stopped improving" when its best validation score over the last quarter of the budget is less
+#: than this fraction below its best before it (mean over seeds).
+CONVERGED_GAIN = 0.02
+
+
+def convergence(runs: list[dict]) -> dict | None:
+    """Whether the budget was long enough, from the validation curves the runs recorded (``experiment.val_every``):
+    the relative gain of the best score in the last quarter of the steps over the best before, per seed and on
+    average, and whether that average is below :data:`CONVERGED_GAIN`. None without curves."""
+    gains = []
+    for run in runs:
+        curve = (run.get("selection") or {}).get("scores") or []
+        if len(curve) < 4:
+            continue
+        last = curve[-1][0]
+        before = [score for step, score in curve if step <= 0.75 * last]
+        after = [score for step, score in curve if step > 0.75 * last]
+        if before and after and np.isfinite(min(before)) and min(before) > 0:
+            gains.append(float((min(before) - min(after)) / min(before)))
+    if not gains:
+        return None
+    mean = float(np.mean(gains))
+    return {"last_quarter_gain": gains, "mean_gain": mean, "converged": mean < CONVERGED_GAIN,
+            "steps": int(runs[0]["selection"]["scores"][-1][0])}  # fmt: skip
+
+
 def _interval(values: list[float]) -> dict:
     """Mean and 95 % confidence interval (Student t over seeds)."""
     x = np.array([v for v in values if v is not None and np.isfinite(v)], float)
@@ -661,6 +687,7 @@ def run_experiment(
         "qq_heavy": {arm: runs[0].get("qq_heavy") for arm, runs in results.items()},
         "verdict": verdict(summary),
         "blowups": blowups(results),
+        "convergence": convergence(results["baseline"]) if "baseline" in results else None,
     }
     write_json(out_dir / "experiment.json", report)
     from precip_cvae.downstream.report import write_experiment_report

@@ -113,6 +113,22 @@ def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = Non
         lines.append(line)
     for arm, why in report["skipped"].items():
         lines.append(f"- `{arm}`: not run — {why}")
+    conv = report.get("convergence")
+    if conv:
+        gain = conv["mean_gain"]
+        lines += [
+            "",
+            (
+                f"Budget: over the last quarter of its {conv['steps']} steps the baseline's validation score "
+                f"(MAE above P95 on heavy validation days) improved by {gain:.1%} on average over seeds "
+                f"({', '.join(f'{g:.1%}' for g in conv['last_quarter_gain'])}): "
+                + (
+                    "it had stopped improving."
+                    if conv["converged"]
+                    else "it was still improving; a longer budget (--steps) would train every arm further."
+                )
+            ),
+        ]
     bad = report.get("blowups") or []
     if bad:
         runs = "; ".join(f"`{b['arm']}` seed {b['seed']}: P99 {b['sim']:.1f} vs {b['obs']:.1f} mm/day "
