@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The downstream experiment of one dataset, from its files to experiment.md, with the README's settings.
+#
+#     bash benchmarks/downstream.sh synthetic|eobs|fraser WORKDIR
+#
+# Prepares the data (the synthetic benchmark is generated first: 3000 days, 6 x 13 x 11 -> 156 x 132), trains the
+# default generator at the comparison's laptop size (benchmarks/generators.py), samples 4 posterior draws of each
+# heavy training day through the gate, and runs every arm of `precip-cvae experiment`. Finished stages are skipped
+# when run again. Environment: DEVICE (auto), JOBS (1), SEEDS (5), STEPS (2000), EPOCHS (the generator's:
+# synthetic 12, eobs 30, fraser 10), SHARED (../shared/data beside the checkout), SYNTH_ARGS (--days 3000).
+set -euo pipefail
+name=${1:?dataset: synthetic, eobs or fraser}
+work=${2:?work directory}
+here=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$here/../shared/data}
+DEVICE=${DEVICE:-auto}; JOBS=${JOBS:-1}; SEEDS=${SEEDS:-5}; STEPS=${STEPS:-2000}
+P="python3 -m precip_cvae"
+mkdir -p "$work"
+if [ ! -f "$work/data/metadata/summary.json" ]; then
+  case $name in
+    synthetic)
+      $P synth --out "$work/bench" --format srdrn ${SYNTH_ARGS:---days 3000} --quiet
+      $P prepare --input_dir "$work/bench" --output_dir "$work" --quiet ;;
+    eobs)
+      D=$SHARED/eobs_iberia
+      $P prepare --lowres $D/NCEP_Iberia_hus850.nc $D/NCEP_Iberia_psl.nc $D/NCEP_Iberia_ta850.nc $D/NCEP_Iberia_pr.nc \
+        --highres $D/EOBS_Iberia_pr.nc --statics $D/EOBS_Iberia_grid_static.nc \
+        --train-period 1982-12-01:1998-02-28 --test-period 1998-12-01:2002-02-28 --output_dir "$work" --quiet ;;
+    fraser)
+      F=$SHARED/fraser_bc
+      $P prepare --lowres $F/tp.nc --highres $F/tp.nc --statics $F/dem.nc --coarsen 5 \
+        --train-period 1986-01-01:2009-12-31 --test-period 2010-01-01:2018-12-31 --output_dir "$work" --quiet ;;
+    *) echo "unknown dataset $name (synthetic, eobs, fraser)" >&2; exit 2 ;;
+  esac
+fi
+declare -A default_epochs=([synthetic]=12 [eobs]=30 [fraser]=10)
+EPOCHS=${EPOCHS:-${default_epochs[$name]}}
+run=$work/generator
+if [ ! -f "$run/.done" ]; then
+  resume=""; [ -f "$run/checkpoints/cvae_last.pt" ] && resume="--resume"
+  $P train $resume data.data_root="$work/data" data.outputs_root="$run" train.device=$DEVICE train.epochs=$EPOCHS \
+    model.d_z=16 model.base_filters=16 model.d_x=64 model.d_y=64 train.batch_size=16 train.lr=0.002 \
+    train.warmup_epochs=3 train.save_every=1000 --quiet
+  touch "$run/.done"
+fi
+[ -f "$run/synth/manifest.json" ] || $P sample --config "$run/config.yaml" --mode posterior --K 4 --days heavy_only \
+  --quiet
+$P experiment --config "$run/config.yaml" --seeds $SEEDS --steps $STEPS --filters 16 --blocks 4 --device $DEVICE \
+  --jobs $JOBS --out "$work/experiment" --quiet \
+  experiment.arms=[baseline,augment,oversample,reweight,quantile,quantile_augment,augment_newx,augment_pairs]
