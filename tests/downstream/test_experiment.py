@@ -230,8 +230,14 @@ def test_verdict_gives_the_bootstrap_interval_and_the_minimum_detectable_effect(
 
     helps = {"baseline": block(10), "augment": block(8, {"low": -3.0, "high": -1.0, "mde": 1.5})}
     text = verdict(helps)
-    assert "[-3.00, -1.00] over 5 seeds and 30 test days (bootstrap in 7-day blocks): larger than the noise" in text
+    assert ("On the 30 heavy test days, it brought SRDRN's mean absolute error on pixels at or above P95 from 10.00 "
+            "to 8.00 mm/day (paired difference -2.00 mm/day, 95 % interval [-3.00, -1.00] over 5 seeds and test days "
+            "resampled in 7-day blocks): larger than the noise") in text  # fmt: skip
     assert "could detect with 80 % power is 1.50 mm/day (15% of the baseline's)" in text
+    noise = verdict({"baseline": block(10), "augment": block(9.5, {"low": -1.5, "high": 0.5, "mde": 1.4})})
+    assert noise.startswith("Best for extremes: **augment**, but not distinguishable from the noise. On the 30 heavy "
+                            "test days, no arm changed")  # fmt: skip
+    assert "and the smallest difference this run could detect with 80 % power is 1.40 mm/day (14% of" in noise
     none = {"baseline": block(10), "augment": block(10.4, {"low": -0.5, "high": 1.3, "mde": 1.2})}
     text = verdict(none)
     assert "no alternative beat the plain baseline (the nearest, augment, by +0.40 mm/day" in text

@@ -575,7 +575,8 @@ def summarize(results: dict[str, list[dict]]) -> dict:
 
 
 def verdict(summary: dict) -> str:
-    """The first paragraph of experiment.md: which arm is best for extremes, by how much, and is it noise."""
+    """The first paragraph of experiment.md: which arm is best for extremes, by how much, is it noise, and how small a
+    difference the run could have seen — in sentences a reader can quote."""
     key = "MAE_tail"
     has_heavy = any(summary[a]["heavy"][key]["value"]["mean"] is not None for a in summary)
     subset = "heavy" if has_heavy else "all"
@@ -587,27 +588,33 @@ def verdict(summary: dict) -> str:
         return "No arm produced a score on the test days."
     best = ranked[0]
     value = summary[best][subset][key]["value"]
-    text = (
-        f"Best for extremes: **{best}**, with an MAE over pixels at or above P95 on {subset} test days of "
-        f"{value['mean']:.2f} mm/day"
-    )
     base = summary["baseline"][subset][key]["value"]["mean"] if "baseline" in summary else None
-    if "baseline" in summary and best != "baseline":
+    ranking = " Ranking by this metric: " + " < ".join(ranked) + "."
+    paired = summary[best][subset][key].get("paired") if best != "baseline" and base is not None else None
+    if paired is not None and np.isfinite(paired["se"]):
+        where = f"On the {paired['n_days']} {subset} test days"
+        interval = (f"95 % interval [{paired['low']:+.2f}, {paired['high']:+.2f}] over {paired['n_seeds']} seeds and "
+                    f"test days resampled in {paired['block']}-day blocks")  # fmt: skip
+        if paired["n_seeds"] < 2:
+            interval += "; one seed: the interval covers the choice of test days, not seed-to-seed variation"
+        detect = (f"the smallest difference this run could detect with 80 % power is {paired['mde']:.2f} mm/day "
+                  f"({paired['mde'] / base:.0%} of the baseline's)")  # fmt: skip
+        if paired["high"] < 0 or paired["low"] > 0:
+            text = (f"Best for extremes: **{best}**. {where}, it brought SRDRN's mean absolute error on pixels at or "
+                    f"above P95 from {base:.2f} to {value['mean']:.2f} mm/day (paired difference {paired['mean']:+.2f} "
+                    f"mm/day, {interval}): larger than the noise; {detect}.")  # fmt: skip
+        else:
+            text = (f"Best for extremes: **{best}**, but not distinguishable from the noise. {where}, no arm changed "
+                    "SRDRN's mean absolute error on pixels at or above P95 by more than this run could detect: the "
+                    f"best, {best}, scored {value['mean']:.2f} mm/day against {base:.2f} for the baseline (paired "
+                    f"difference {paired['mean']:+.2f} mm/day, {interval}), and {detect}.")  # fmt: skip
+        return text + ranking
+    text = (f"Best for extremes: **{best}**, with an MAE over pixels at or above P95 on {subset} test days of "
+            f"{value['mean']:.2f} mm/day")  # fmt: skip
+    if base is not None and best != "baseline":
         diff = summary[best][subset][key]["minus_baseline"]
-        paired = summary[best][subset][key].get("paired")
         text += f" against {base:.2f} for the baseline (paired difference {diff['mean']:+.2f} mm/day"
-        if paired is not None and np.isfinite(paired["se"]):
-            beyond = paired["high"] < 0 or paired["low"] > 0
-            text += (
-                f", 95 % interval [{paired['low']:+.2f}, {paired['high']:+.2f}] over {paired['n_seeds']} seeds and "
-                f"{paired['n_days']} test days (bootstrap in {paired['block']}-day blocks): "
-            )
-            text += "larger than the noise" if beyond else "not distinguishable from the noise"
-            if paired["n_seeds"] < 2:
-                text += " (one seed: the interval covers the choice of test days, not seed-to-seed variation)"
-            text += f"; the smallest difference this run could detect with 80 % power is {paired['mde']:.2f} mm/day"
-            text += f" ({paired['mde'] / base:.0%} of the baseline's))." if base else ")."
-        elif diff["low"] is not None:
+        if diff["low"] is not None:
             beyond = diff["high"] < 0 or diff["low"] > 0
             text += f", 95 % interval [{diff['low']:+.2f}, {diff['high']:+.2f}] over {diff['n']} seeds: "
             text += (
@@ -618,15 +625,15 @@ def verdict(summary: dict) -> str:
     elif best == "baseline":
         text += ": no alternative beat the plain baseline"
         nearest = ranked[1] if len(ranked) > 1 else None
-        paired = summary[nearest][subset][key].get("paired") if nearest else None
-        if paired is not None and np.isfinite(paired["se"]) and base:
+        near = summary[nearest][subset][key].get("paired") if nearest else None
+        if near is not None and np.isfinite(near["se"]) and base:
             text += (
-                f" (the nearest, {nearest}, by {paired['mean']:+.2f} mm/day, 95 % interval [{paired['low']:+.2f}, "
-                f"{paired['high']:+.2f}]; the smallest difference this run could detect with 80 % power is "
-                f"{paired['mde']:.2f} mm/day, {paired['mde'] / base:.0%} of the baseline's)"
+                f" (the nearest, {nearest}, by {near['mean']:+.2f} mm/day, 95 % interval [{near['low']:+.2f}, "
+                f"{near['high']:+.2f}]; the smallest difference this run could detect with 80 % power is "
+                f"{near['mde']:.2f} mm/day, {near['mde'] / base:.0%} of the baseline's)"
             )
         text += "."
-    return text + " Ranking by this metric: " + " < ".join(ranked) + "."
+    return text + ranking
 
 
 def run_experiment(
