@@ -64,14 +64,11 @@ RULES = {"MAE_all": "lower", "MAE_tail": "lower", "RMSE_all": "lower", "quantile
 ExperimentOptions = ExperimentConfig
 
 
-#: How a synthetic row's X is made: the real day's, its coarse precipitation channel re-derived from the synthetic
-#: target, or every channel re-derived by the operator `prepare` recorded.
-X_FROM = ("real", "precip", "target")
-
-
 @dataclass
 class Row:
-    """One training example: a real day, or a synthetic sample of a day, with its X made as ``x_from`` says."""
+    """One training example: a real day, or a synthetic sample of a day whose X is, by ``x_from``, the real day's
+    ("real"), the real day's with its coarse precipitation channel re-derived from the synthetic target ("precip"), or
+    every channel made from the synthetic target by the operator `prepare` recorded ("target")."""
 
     day: int
     sample: int = -1
