@@ -1,0 +1,232 @@
+"""Where the time goes, as ratios to references measured in the same run on the same machine.
+
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--threads 2] [--json benchmark.json]
+
+Rows (absolute numbers for information, the ratio is the figure to compare across machines):
+
+- ``matmul``: the reference rate, a square matrix product (2048² with --quick, else 4096²) in float32 on the CPU, and
+  in TF32 and bf16 on a GPU.
+- ``train``: one training step of the default generator (forward, backward, AdamW through the real loss) at the
+  reference geometry (6 × 13 × 11 → 156 × 132, batch 6; batch 2 with --quick) and at the demo size. FLOPs per sample
+  are counted over the whole step by ``torch.utils.flop_counter`` (matrix products and convolutions, backward
+  included); the ratio is the achieved FLOP rate ÷ the matmul rate in the same precision (bf16 with train.amp on a
+  GPU). A ratio above 1 is a measuring error and stops the run.
+- ``sample``: drawing K = 16 prior samples per day, the same ratio.
+- ``loader``: the training DataLoader over a small prepared benchmark: samples/s ÷ what the training step consumes
+  (above 1: the step never waits for data), and ÷ a contiguous memory-mapped read of the same bytes (at most 1: the
+  per-day files' overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+REFERENCE_GEOMETRY = (6, (13, 11), (156, 132))
+DEMO_GEOMETRY = (6, (8, 7), (96, 84))
+DEMO_MODEL = ["model.d_z=16", "model.base_filters=16", "model.d_x=64", "model.d_y=64", "loss.crps_members=2"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device, repeats: int) -> float:
+    """Seconds per call: one untimed call, then the fastest of ``repeats`` timed ones."""
+    fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    """FLOP/s of an n × n × n matrix product (2 n³ FLOPs)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / _timed(lambda: a @ b, device, 3)
+
+
+def _model_and_batch(overrides: list[str], geometry, batch_size: int, device: torch.device):
+    from precip_cvae.config import load_config
+    from precip_cvae.data.normalize import Normalization
+    from precip_cvae.model import CVAE
+
+    config = load_config(None, overrides)
+    channels, lr_shape, hr_shape = geometry
+    torch.manual_seed(0)
+    identity = Normalization(np.zeros(hr_shape), np.ones(hr_shape))
+    model = CVAE(channels, 4, lr_shape, hr_shape, config.model, identity.dry_z).to(device)
+    batch = {
+        "inputs": torch.randn(batch_size, channels, *lr_shape, device=device),
+        "target": torch.randn(batch_size, 1, *hr_shape, device=device),
+        "mask": torch.ones(batch_size, 1, *hr_shape, dtype=torch.bool, device=device),
+        "land": torch.ones(batch_size, 1, *hr_shape, dtype=torch.bool, device=device),
+        "statics": torch.rand(1, 4, *hr_shape, device=device),
+    }
+    return config, model, batch, identity
+
+
+def train_step_rate(overrides, geometry, batch_size: int, device: torch.device, amp: bool, repeats: int) -> dict:
+    """Samples/s and measured FLOPs per sample (forward + backward) of the default generator's training step."""
+    from precip_cvae.loop import Precision, train_step
+    from precip_cvae.losses import cvae_loss
+    from precip_cvae.train import cvae_forward
+
+    config, model, batch, identity = _model_and_batch(overrides, geometry, batch_size, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    precision = Precision.for_device(device, amp)
+    zeros = torch.zeros(geometry[2], device=device)
+    n_prior = config.loss.crps_members if config.loss.crps_weight > 0 else 0
+
+    def loss_fn(out, b):
+        return cvae_loss(out, b["target"], b["mask"], b["land"], zeros, identity, 2.0, config.loss, 0.5)
+
+    def step():
+        train_step(model, batch, optimizer, loss_fn, forward=lambda m, b, g: cvae_forward(m, b, g, n_prior),
+                   grad_clip=1.0, scaler=precision.scaler, autocast_dtype=precision.dtype)  # fmt: skip
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    seconds = _timed(step, device, repeats)
+    return {"flops_per_sample": counter.get_total_flops() / batch_size, "samples_per_s": batch_size / seconds,
+            "batch_size": batch_size, "precision": str(precision.dtype or torch.float32)}  # fmt: skip
+
+
+@torch.no_grad()
+def sample_rate(overrides, geometry, days: int, K: int, device: torch.device, amp: bool, repeats: int) -> dict:
+    """Prior samples/s (K per day) and FLOPs per sample of drawing them."""
+    _, model, batch, _ = _model_and_batch(overrides, geometry, days, device)
+    model.eval()
+    dtype = torch.bfloat16 if amp and device.type == "cuda" else None
+
+    def draw():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            model.sample(batch["inputs"], batch["statics"], n_samples=K)
+
+    with FlopCounterMode(display=False) as counter:
+        draw()
+    seconds = _timed(draw, device, repeats)
+    return {"flops_per_sample": counter.get_total_flops() / (days * K), "samples_per_s": days * K / seconds}
+
+
+def loader_rates(root: Path, batch_size: int, n_batches: int) -> dict:
+    """The training DataLoader's samples/s over a prepared dataset, and a contiguous memory-mapped read of the same
+    bytes per sample."""
+    from torch.utils.data import DataLoader
+
+    from precip_cvae.data.dataset import DayDataset, PreparedData
+
+    data = PreparedData(root)
+    ids = data.ids("train")
+    dataset = DayDataset(data, ids)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
+    n = min(n_batches * batch_size, len(ids))
+    started = time.perf_counter()
+    seen = 0
+    for item in loader:
+        seen += len(item["inputs"])
+        if seen >= n:
+            break
+    loader_rate = seen / (time.perf_counter() - started)
+    per_sample = data.inputs(ids[0]).nbytes + data.target(ids[0]).nbytes
+    flat = root.parent / "contiguous.npy"
+    np.save(flat, np.zeros((len(ids), per_sample // 4), np.float32))
+    array = np.load(flat, mmap_mode="r")
+    started = time.perf_counter()
+    total = 0.0
+    for start in range(0, seen, batch_size):
+        total += float(np.asarray(array[start : start + batch_size]).sum())
+    read_rate = seen / (time.perf_counter() - started)
+    return {"loader_samples_per_s": loader_rate, "contiguous_samples_per_s": read_rate, "bytes_per_sample": per_sample}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller matrices and batches, one timed repeat")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where the results go")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    repeats = 1 if args.quick else 3
+    n = 2048 if args.quick else 4096
+    rows: list[dict] = []
+
+    def row(name: str, value: float, unit: str, reference: float | None, ratio_name: str, must_be_below_1: bool):
+        ratio = value / reference if reference else None
+        rows.append({"name": name, "value": value, "unit": unit, "reference": reference, "ratio": ratio,
+                     "ratio_of": ratio_name})  # fmt: skip
+        shown = f"{ratio:8.3f}" if ratio is not None else "       –"
+        print(f"{name:58s} {value:12.4g} {unit:12s} {shown}  {ratio_name}", flush=True)
+        if must_be_below_1 and ratio is not None and ratio > 1.0:
+            sys.exit(f"{name}: ratio {ratio:.2f} > 1 is impossible: a measuring error (check FLOP count and timing)")
+
+    print(f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    print(f"{'measurement':58s} {'value':>12s} {'unit':12s} {'ratio':>8s}  of")
+    rates = {"fp32": matmul_rate(device, torch.float32, n)}
+    row(f"matmul {n}³ float32", rates["fp32"], "FLOP/s", None, "", False)
+    amp = device.type == "cuda"
+    if amp:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        rates["tf32"] = matmul_rate(device, torch.float32, n)
+        rates["bf16"] = matmul_rate(device, torch.bfloat16, n)
+        row(f"matmul {n}³ tf32", rates["tf32"], "FLOP/s", None, "", False)
+        row(f"matmul {n}³ bf16", rates["bf16"], "FLOP/s", None, "", False)
+    reference_rate = rates["bf16"] if amp else rates["fp32"]
+    which = "bf16 matmul" if amp else "float32 matmul"
+
+    cases = {"reference geometry": (REFERENCE_GEOMETRY, [], 2 if args.quick else 6),
+             "demo size": (DEMO_GEOMETRY, DEMO_MODEL, 4 if args.quick else 16)}  # fmt: skip
+    consumption = None
+    for label, (geometry, overrides, batch) in cases.items():
+        r = train_step_rate(overrides, geometry, batch, device, amp, repeats)
+        row(f"train, {label}: GFLOP per sample (measured)", r["flops_per_sample"] / 1e9, "GFLOP", None, "", False)
+        row(f"train, {label}: samples/s (batch {batch})", r["samples_per_s"], "samples/s", None, "", False)
+        achieved = r["flops_per_sample"] * r["samples_per_s"]
+        row(f"train, {label}: achieved FLOP/s", achieved, "FLOP/s", reference_rate, which, True)
+        if label == "demo size":
+            consumption = r["samples_per_s"]
+        s = sample_rate(overrides, geometry, 2, 4 if args.quick else 16, device, amp, repeats)
+        row(f"sample, {label}: prior samples/s", s["samples_per_s"], "samples/s", None, "", False)
+        row(f"sample, {label}: achieved FLOP/s", s["flops_per_sample"] * s["samples_per_s"], "FLOP/s",
+            reference_rate, which, True)  # fmt: skip
+
+    from precip_cvae.data.prepare import PrepareOptions, prepare
+    from precip_cvae.data.srdrn import read_srdrn_directory
+    from precip_cvae.data.synthetic import SynthOptions, run_synth
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        days = 150 if args.quick else 600
+        run_synth(SynthOptions(days=days, hr_shape=DEMO_GEOMETRY[2], lr_shape=DEMO_GEOMETRY[1], oracle_members=2),
+                  tmp / "bench", progress=False)  # fmt: skip
+        prepare(read_srdrn_directory(tmp / "bench"), tmp, PrepareOptions(progress=False))
+        r = loader_rates(tmp / "data", 16, 8 if args.quick else 30)
+    row("loader, demo size: samples/s", r["loader_samples_per_s"], "samples/s", consumption,
+        "the demo-size training step's consumption (> 1: no waiting)", False)  # fmt: skip
+    row("loader, demo size: samples/s", r["loader_samples_per_s"], "samples/s", r["contiguous_samples_per_s"],
+        "a contiguous memory-mapped read of the same bytes", True)  # fmt: skip
+    machine = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}  # fmt: skip
+    args.json.write_text(json.dumps({"machine": machine, "quick": args.quick, "rows": rows}, indent=1))
+    print(f"results: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
