@@ -661,9 +661,14 @@ def run_experiment(
         with ProcessPoolExecutor(min(options.jobs, len(todo)), mp_context=context, initializer=_start_worker,
                                  initargs=(config, options, str(device), threads)) as pool:  # fmt: skip
             futures = [pool.submit(_worker_run, arm, seed, str(runs_dir)) for arm, seed in todo]
-            for future in tqdm(as_completed(futures), total=len(futures), desc="experiment", unit="run",
-                               disable=not progress):  # fmt: skip
-                future.result()
+            try:
+                for future in tqdm(as_completed(futures), total=len(futures), desc="experiment", unit="run",
+                                   disable=not progress):  # fmt: skip
+                    future.result()  # a worker's error (bad input, diverged run) stops the experiment here
+            except BaseException:
+                for future in futures:  # runs not started are dropped; finished ones are kept for a re-run
+                    future.cancel()
+                raise
     else:
         for arm, seed in tqdm(todo, desc="experiment", unit="run", disable=not progress):
             _run_one(plans[arm], examples, data, options, seed, config, device, runs_dir, progress)
