@@ -10,6 +10,7 @@ obs arrays, and their ratio. A ratio well below 1 shows that prepare streams rat
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import shutil
@@ -48,39 +49,53 @@ def write_fake_srdrn(root: Path, days: int, hr=(156, 132), lr=(13, 11), channels
     return days * hr[0] * hr[1] * 4
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--days", type=int, default=15000)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/prepare_memory"))
-    args = parser.parse_args()
-    shutil.rmtree(args.work, ignore_errors=True)
+def measure_prepare(days: int, work: Path) -> dict:
+    """Write a random SRDRN directory of ``days`` days, time copying it, then run `prepare` on it in a child process:
+    seconds, the copy's seconds, the child's peak resident memory and the size of the obs arrays."""
+    shutil.rmtree(work, ignore_errors=True)
     # Written in a separate process so this one stays small: Linux keeps the peak RSS of a forked child
     # across exec, so a child forked from a big parent would report the parent's size.
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        obs_bytes = pool.apply(write_fake_srdrn, (args.work / "srdrn", args.days))
+        obs_bytes = pool.apply(write_fake_srdrn, (work / "srdrn", days))
     started = time.perf_counter()
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "precip_cvae",
-            "prepare",
-            "--input_dir",
-            str(args.work / "srdrn"),
-            "--output_dir",
-            str(args.work / "out"),
-            "--quiet",
-        ],
-    )
+    shutil.copytree(work / "srdrn", work / "copy")
+    os.sync()
+    copy_seconds = time.perf_counter() - started
+    shutil.rmtree(work / "copy")
+    started = time.perf_counter()
+    argv = [sys.executable, "-m", "precip_cvae", "prepare", "--input_dir", str(work / "srdrn"), "--output_dir",
+            str(work / "out"), "--quiet"]  # fmt: skip
+    child = subprocess.Popen(argv)
     # wait4 gives this child's own usage (RUSAGE_CHILDREN would mix in every child ever waited for).
     _, status, usage = os.wait4(child.pid, 0)
     if status != 0:
         raise SystemExit(f"prepare failed with status {status}")
+    os.sync()
     seconds = time.perf_counter() - started
-    peak = usage.ru_maxrss * 1024  # Linux reports KiB
-    print(f"days {args.days}, obs arrays {obs_bytes / 2**30:.2f} GiB, prepare took {seconds:.0f} s")
-    print(f"peak RSS of prepare {peak / 2**20:.0f} MiB; ratio peak RSS / obs arrays = {peak / obs_bytes:.3f}")
-    shutil.rmtree(args.work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "days": days,
+        "seconds": seconds,
+        "copy_seconds": copy_seconds,
+        "peak_rss": usage.ru_maxrss * 1024,  # Linux reports KiB
+        "obs_bytes": obs_bytes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--days", type=int, default=15000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/prepare_memory"))
+    parser.add_argument("--json", action="store_true", help="print the measurements as one JSON line")
+    args = parser.parse_args()
+    r = measure_prepare(args.days, args.work)
+    if args.json:
+        print(json.dumps(r))
+        return
+    print(f"days {args.days}, obs arrays {r['obs_bytes'] / 2**30:.2f} GiB, prepare took {r['seconds']:.0f} s "
+          f"({r['seconds'] / r['copy_seconds']:.1f} x copying the input)")  # fmt: skip
+    print(f"peak RSS of prepare {r['peak_rss'] / 2**20:.0f} MiB; ratio peak RSS / obs arrays = "
+          f"{r['peak_rss'] / r['obs_bytes']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
