@@ -15,6 +15,10 @@ Rows (absolute numbers for information, the ratio is the figure to compare acros
 - ``loader``: the training DataLoader over a small prepared benchmark: samples/s ÷ what the training step consumes
   (above 1: the step never waits for data), and ÷ a contiguous memory-mapped read of the same bytes (at most 1: the
   per-day files' overhead).
+- ``epoch``: one real training epoch of the demo-size generator (validation and checkpoints included) per training
+  pixel-day, on twice the days and on half the grid ÷ the base dataset's (1: the cost is flat per pixel-day).
+- ``evaluate``: test days/s of `evaluate` at K = 16 (model, analogs, climatology, oracle) ÷ drawing the model's
+  samples alone: the share of its time spent drawing (the rest is baselines and scoring).
 - ``prepare``: a random SRDRN directory at the reference geometry, 2,000 days (and 15,000 without --quick): seconds
   ÷ copying the directory, and the peak resident memory ÷ the size of its obs arrays (the libraries take a fixed
   ~300 MiB, so the ratio falls below 1 only for large inputs: it streams).
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
 import tempfile
@@ -162,6 +167,50 @@ def loader_rates(root: Path, batch_size: int, n_batches: int) -> dict:
     return {"loader_samples_per_s": loader_rate, "contiguous_samples_per_s": read_rate, "bytes_per_sample": per_sample}
 
 
+def _fit_config(root: Path, device: str):
+    from precip_cvae.config import load_config
+
+    return load_config(None, [f"data.data_root={root / 'data'}", f"data.outputs_root={root / 'run'}", *DEMO_MODEL,
+                              "train.epochs=1", f"train.device={device}", "train.batch_size=16",
+                              "train.save_every=1000"])  # fmt: skip
+
+
+def epoch_cost(root: Path, device: str) -> dict:
+    """Seconds of one real training epoch (validation and checkpoint included) of the demo-size generator, per
+    training pixel-day."""
+    from precip_cvae.data.dataset import PreparedData
+    from precip_cvae.train import fit
+
+    result = fit(_fit_config(root, device), progress=False)
+    data = PreparedData(root / "data")
+    seconds = float(result["last_row"]["seconds"])
+    pixel_days = len(data.ids("train")) * data.hr_shape[0] * data.hr_shape[1]
+    return {"seconds": seconds, "per_pixel_day": seconds / pixel_days}
+
+
+def evaluate_rate(root: Path, device: str, K: int) -> dict:
+    """`evaluate` on the test days (model, analogs, climatology, oracle) in days/s, and the rate of drawing the
+    model's K samples per day alone."""
+    from precip_cvae.config import EvaluateConfig
+    from precip_cvae.data.dataset import PreparedData
+    from precip_cvae.evaluate import run_evaluate
+    from precip_cvae.generator import Generator
+
+    config = _fit_config(root, device)
+    data = PreparedData(root / "data")
+    days = data.ids("test")
+    started = time.perf_counter()
+    run_evaluate(config, EvaluateConfig(K=K, split="test"), out_dir=root / "evaluation", progress=False)
+    evaluate_seconds = time.perf_counter() - started
+    generator = Generator.from_outputs(data, config.data.outputs_root, None, torch.device(device))
+    rng = torch.Generator(device=torch.device(device)).manual_seed(0)
+    started = time.perf_counter()
+    for start in range(0, len(days), 16):
+        generator.draw(days[start : start + 16], K, "prior", 1.0, rng)
+    draw_seconds = time.perf_counter() - started
+    return {"days_per_s": len(days) / evaluate_seconds, "draw_days_per_s": len(days) / draw_seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller matrices and batches, one timed repeat")
@@ -169,6 +218,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where the results go")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # the training alarms of a one-epoch model are expected here
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -223,14 +273,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         days = 150 if args.quick else 600
-        run_synth(SynthOptions(days=days, hr_shape=DEMO_GEOMETRY[2], lr_shape=DEMO_GEOMETRY[1], oracle_members=2),
-                  tmp / "bench", progress=False)  # fmt: skip
-        prepare(read_srdrn_directory(tmp / "bench"), tmp, PrepareOptions(progress=False))
-        r = loader_rates(tmp / "data", 16, 8 if args.quick else 30)
-    row("loader, demo size: samples/s", r["loader_samples_per_s"], "samples/s", consumption,
-        "the demo-size training step's consumption (> 1: no waiting)", False)  # fmt: skip
-    row("loader, demo size: samples/s", r["loader_samples_per_s"], "samples/s", r["contiguous_samples_per_s"],
-        "a contiguous memory-mapped read of the same bytes", True)  # fmt: skip
+        hr, lr = DEMO_GEOMETRY[2], DEMO_GEOMETRY[1]
+        sets = {"base": (days, hr, lr), "twice the days": (2 * days, hr, lr),
+                "half the grid": (days, (hr[0] // 2, hr[1] // 2), (lr[0] // 2 + 1, lr[1] // 2 + 1))}  # fmt: skip
+        for name, (n_days, hr_shape, lr_shape) in sets.items():
+            run_synth(SynthOptions(days=n_days, hr_shape=hr_shape, lr_shape=lr_shape, oracle_members=2),
+                      tmp / name / "bench", progress=False)  # fmt: skip
+            prepare(read_srdrn_directory(tmp / name / "bench"), tmp / name, PrepareOptions(progress=False))
+        r = loader_rates(tmp / "base" / "data", 16, 8 if args.quick else 30)
+        row("loader, demo size: samples/s", r["loader_samples_per_s"], "samples/s", consumption,
+            "the demo-size training step's consumption (> 1: no waiting)", False)  # fmt: skip
+        row("loader, demo size: samples/s", r["loader_samples_per_s"], "samples/s", r["contiguous_samples_per_s"],
+            "a contiguous memory-mapped read of the same bytes", True)  # fmt: skip
+        epochs = {name: epoch_cost(tmp / name, str(device)) for name in sets}
+        base = epochs["base"]
+        row("epoch, demo size: seconds per pixel-day", base["per_pixel_day"] * 1e6, "µs", None, "", False)
+        for name in ("twice the days", "half the grid"):
+            row(f"epoch, {name}: seconds per pixel-day", epochs[name]["per_pixel_day"] * 1e6, "µs",
+                base["per_pixel_day"] * 1e6, "the base dataset's (1: cost flat per pixel-day)", False)  # fmt: skip
+        e = evaluate_rate(tmp / "base", str(device), K=16)
+        row("evaluate K = 16, demo size: test days/s", e["days_per_s"], "days/s", e["draw_days_per_s"],
+            "drawing its samples alone (= the share of its time spent drawing)", True)  # fmt: skip
     for days in (2000,) if args.quick else (2000, 15000):
         # in a small process of its own: a child forked from this one (torch, models) would inherit its peak RSS
         with tempfile.TemporaryDirectory() as tmp:
