@@ -166,6 +166,23 @@ def test_runs_in_parallel_processes_equal_runs_one_after_another(prepared, tmp_p
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_a_run_that_fails_in_a_worker_stops_the_experiment_with_its_error(trained, tmp_path):
+    from precip_cvae.errors import InputError
+    from precip_cvae.sample import SampleOptions, run_sample
+    from tests.cases import PERMISSIVE
+
+    synth = tmp_path / "synth"
+    run_sample(trained, SampleOptions(mode="prior", K=2, days="heavy_only"), PERMISSIVE, out_dir=synth, progress=False)
+    for path in synth.glob("*.Y_hr_syn.npy"):
+        path.write_bytes(b"not an array")  # listed as accepted, unreadable: found only when a worker loads one
+    options = replace(trained.experiment, arms=("baseline", "augment"), seeds=1, steps=20, batch_size=4, filters=4,
+                      n_blocks=1, val_every=0, jobs=2, source=str(synth))  # fmt: skip
+    with pytest.raises(InputError, match="not a readable .npy array"):
+        run_experiment(trained, options, tmp_path / "experiment", progress=False)
+    assert not (tmp_path / "experiment" / "runs" / "augment_seed0.json").exists()
+
+
 def test_convergence_from_the_validation_curves_by_hand():
     from precip_cvae.downstream.experiment import convergence
 
