@@ -417,9 +417,7 @@ def score_run(
     crps_q = {"all": Mean("CRPS_q"), "heavy": Mean("CRPS_q")}
     daily: dict = {"day": [], "heavy": [], **{m: {"num": [], "den": []} for m in DAILY_SCORES}}
     statics = torch.from_numpy(data.statics)[None].to(device)
-    days = data.ids(split)
-    if heavy_only:
-        days = [d for d in days if data.is_heavy(d)] or days
+    days = heavy_days(data, split) if heavy_only else data.ids(split)
     median = options.quantiles.index(0.5) if plan.quantile and 0.5 in options.quantiles else 0
     map_day_, map_mm = map_day(data, split), None
     for start in range(0, len(days), 32):
@@ -463,11 +461,15 @@ def score_run(
             "qq_heavy": qq("heavy"), "daily": daily, "map": {"day": map_day_, "mm": map_mm}}  # fmt: skip
 
 
+def heavy_days(data: PreparedData, split: str) -> list[int]:
+    """The heavy days of ``split``, or all its days when it has none."""
+    days = data.ids(split)
+    return [d for d in days if data.is_heavy(d)] or days
+
+
 def map_day(data: PreparedData, split: str = "test") -> int:
     """The day every arm's map shows: the heavy day of ``split`` with the largest land mean (any day if none)."""
-    days = data.ids(split)
-    heavy = [d for d in days if data.is_heavy(d)] or days
-    return max(heavy, key=lambda d: np.nan_to_num(data.land_means[d], nan=-np.inf))
+    return max(heavy_days(data, split), key=lambda d: np.nan_to_num(data.land_means[d], nan=-np.inf))
 
 
 #: A run "blows up" on heavy days when its P99 there is off by more than this fraction of the observed P99.
