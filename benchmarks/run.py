@@ -73,12 +73,12 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...]
     return best
 
 
-def _model_and_batch(overrides: list[str], geometry, batch_size: int, device: torch.device):
-    from precip_cvae.config import load_config
+def model_and_batch(config, geometry, batch_size: int, device: torch.device):
+    """A fresh generator of ``config`` for ``geometry`` (channels, lr_shape, hr_shape; 4 static maps, identity
+    normalization), a random batch for it, and the normalization."""
     from precip_cvae.data.normalize import Normalization
     from precip_cvae.model import CVAE
 
-    config = load_config(None, overrides)
     channels, lr_shape, hr_shape = geometry
     torch.manual_seed(0)
     identity = Normalization(np.zeros(hr_shape), np.ones(hr_shape))
@@ -90,16 +90,17 @@ def _model_and_batch(overrides: list[str], geometry, batch_size: int, device: to
         "land": torch.ones(batch_size, 1, *hr_shape, dtype=torch.bool, device=device),
         "statics": torch.rand(1, 4, *hr_shape, device=device),
     }
-    return config, model, batch, identity
+    return model, batch, identity
 
 
-def train_step_rate(overrides, geometry, batch_size: int, device: torch.device, amp: bool, repeats: int) -> dict:
-    """Samples/s and measured FLOPs per sample (forward + backward) of the default generator's training step."""
+def train_step_rate(config, geometry, batch_size: int, device: torch.device, amp: bool, repeats: int) -> dict:
+    """Samples/s and measured FLOPs per sample (forward + backward) of a generator's training step (``config``: its
+    model and loss) at ``geometry`` (channels, lr_shape, hr_shape)."""
     from precip_cvae.loop import Precision, train_step
     from precip_cvae.losses import cvae_loss
     from precip_cvae.train import cvae_forward
 
-    config, model, batch, identity = _model_and_batch(overrides, geometry, batch_size, device)
+    model, batch, identity = model_and_batch(config, geometry, batch_size, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     precision = Precision.for_device(device, amp)
     zeros = torch.zeros(geometry[2], device=device)
@@ -120,9 +121,9 @@ def train_step_rate(overrides, geometry, batch_size: int, device: torch.device, 
 
 
 @torch.no_grad()
-def sample_rate(overrides, geometry, days: int, K: int, device: torch.device, amp: bool, repeats: int) -> dict:
+def sample_rate(config, geometry, days: int, K: int, device: torch.device, amp: bool, repeats: int) -> dict:
     """Prior samples/s (K per day) and FLOPs per sample of drawing them."""
-    _, model, batch, _ = _model_and_batch(overrides, geometry, days, device)
+    model, batch, _ = model_and_batch(config, geometry, days, device)
     model.eval()
     dtype = torch.bfloat16 if amp and device.type == "cuda" else None
 
@@ -253,15 +254,18 @@ def main() -> None:
     cases = {"reference geometry": (REFERENCE_GEOMETRY, [], 2 if args.quick else 6),
              "demo size": (DEMO_GEOMETRY, DEMO_MODEL, 4 if args.quick else 16)}  # fmt: skip
     consumption = None
+    from precip_cvae.config import load_config
+
     for label, (geometry, overrides, batch) in cases.items():
-        r = train_step_rate(overrides, geometry, batch, device, amp, repeats)
+        config = load_config(None, overrides)
+        r = train_step_rate(config, geometry, batch, device, amp, repeats)
         row(f"train, {label}: GFLOP per sample (measured)", r["flops_per_sample"] / 1e9, "GFLOP", None, "", False)
         row(f"train, {label}: samples/s (batch {batch})", r["samples_per_s"], "samples/s", None, "", False)
         achieved = r["flops_per_sample"] * r["samples_per_s"]
         row(f"train, {label}: achieved FLOP/s", achieved, "FLOP/s", reference_rate, which, True)
         if label == "demo size":
             consumption = r["samples_per_s"]
-        s = sample_rate(overrides, geometry, 2, 4 if args.quick else 16, device, amp, repeats)
+        s = sample_rate(config, geometry, 2, 4 if args.quick else 16, device, amp, repeats)
         row(f"sample, {label}: prior samples/s", s["samples_per_s"], "samples/s", None, "", False)
         row(f"sample, {label}: achieved FLOP/s", s["flops_per_sample"] * s["samples_per_s"], "FLOP/s",
             reference_rate, which, True)  # fmt: skip
