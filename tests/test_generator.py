@@ -31,6 +31,21 @@ def test_draws_are_reproducible_and_in_mm_per_day(trained):
     assert gen.epoch == int(load_checkpoint(_best(trained))["epoch"]) + 1
 
 
+def test_how_the_days_are_decoded_does_not_change_the_draw(trained):
+    # On a CPU the generator decodes day by day with channels-last weights; at temperature 0 (every latent at its
+    # prior mean) the draw is deterministic, so it must equal one (B K)-row pass of a plain model.
+    data = PreparedData(trained.data.data_root)
+    gen = Generator.from_outputs(data, trained.data.outputs_root, None, torch.device("cpu"))
+    assert gen.days_per_pass == 1 and gen.model.decoder.head[0].weight.is_contiguous(memory_format=torch.channels_last)
+    days = data.ids("test")[:3]
+    per_day = gen.draw(days, 2, "prior", 0.0, gen.rng(0))[2]
+    gen.days_per_pass = None
+    gen.model.to(memory_format=torch.contiguous_format)
+    one_pass = gen.draw(days, 2, "prior", 0.0, gen.rng(0))[2]
+    assert np.isfinite(per_day[:, :, data.valid_mask]).all() and per_day[:, :, data.valid_mask].max() > 0
+    np.testing.assert_allclose(per_day, one_pass, rtol=1e-5, atol=1e-5)
+
+
 def test_a_checkpoint_of_another_dataset_is_refused(trained, tmp_path):
     data = PreparedData(trained.data.data_root)
     state = load_checkpoint(_best(trained))

@@ -89,28 +89,38 @@ def _q_label(q: float) -> str:
     return f"P{round(q * 100, 6):g}"
 
 
-def _block_pool(x: np.ndarray, valid: np.ndarray, pool: int, how: str) -> tuple[np.ndarray, np.ndarray]:
-    """Pool the two trailing axes of ``x`` over non-overlapping ``pool`` x ``pool`` blocks, over valid pixels only.
+def _block_pool(
+    x: np.ndarray, valid: np.ndarray, pool: int, hows: tuple[str, ...] = ("mean", "max")
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Pool the two trailing axes of ``x`` over non-overlapping ``pool`` x ``pool`` blocks, over valid pixels only,
+    by each statistic of ``hows`` ("mean", "max").
 
     ``valid`` broadcasts against ``x``. The grid is padded with invalid pixels to a multiple of ``pool``. Returns the
-    pooled values and the blocks kept: those with at least half of their ``pool**2`` pixels valid.
+    pooled values by statistic (NaN in dropped blocks) and the blocks kept, in ``valid``'s shape: those with at least
+    half of their ``pool**2`` pixels valid. Valid counts are taken on ``valid`` as given (e.g. one (H, W) mask for
+    all members), not on its broadcast.
     """
-    if how not in ("mean", "max"):
-        raise ValueError(f"how must be 'mean' or 'max', got {how!r}")
-    valid = np.broadcast_to(valid, x.shape)
+    unknown = set(hows) - {"mean", "max"}
+    if unknown:
+        raise ValueError(f"how must be 'mean' or 'max', got {sorted(unknown)}")
+    valid = np.asarray(valid, dtype=bool)
     H, W = x.shape[-2:]
-    pad = [(0, 0)] * (x.ndim - 2) + [(0, -H % pool), (0, -W % pool)]
-    x, valid = np.pad(x, pad), np.pad(valid, pad)
-    Hb, Wb = x.shape[-2] // pool, x.shape[-1] // pool
-    blocks = x.shape[:-2] + (Hb, pool, Wb, pool)
-    x, valid = x.reshape(blocks), valid.reshape(blocks)
-    count = valid.sum(axis=(-3, -1))
-    if how == "mean":
-        value = np.where(valid, x, 0.0).sum(axis=(-3, -1)) / np.maximum(count, 1)
-    else:
-        value = np.where(valid, x, -np.inf).max(axis=(-3, -1))
+    rows, cols = np.arange(0, H, pool), np.arange(0, W, pool)
+
+    def reduce(ufunc: np.ufunc, a: np.ndarray) -> np.ndarray:
+        # reduceat takes each block's contiguous run (the last one may be short: the padding of invalid pixels)
+        return ufunc.reduceat(ufunc.reduceat(a, cols, axis=-1), rows, axis=-2)
+
+    count = reduce(np.add, valid.astype(np.int64))
     keep = 2 * count >= pool * pool
-    return np.where(keep, value, np.nan), keep
+    out = {}
+    for how in hows:
+        if how == "mean":
+            value = reduce(np.add, np.where(valid, x, 0.0)) / np.maximum(count, 1)
+        else:
+            value = reduce(np.maximum, np.where(valid, x, -np.inf))
+        out[how] = np.where(keep, value, np.nan)
+    return out, keep
 
 
 def _ranks(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:

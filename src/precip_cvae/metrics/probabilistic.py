@@ -63,9 +63,13 @@ class TwCRPS(Sums):
         if not f.n:
             return
         self.add("n", f.n)
+        top = np.maximum(f.xs[-1], f.y)
         for key, t in self.thresholds.items():
-            # max(., t) keeps the members sorted
-            self.add(key, _crps_sorted(np.maximum(f.xs, t), np.maximum(f.y, t), self.fair).sum())
+            # A point where no member and not the observation exceed t scores 0: only the others are computed
+            # (for the upper-tail thresholds a few per cent of the points). max(., t) keeps the members sorted.
+            tail = top > t
+            xs, y = f.xs[:, tail], f.y[tail]
+            self.add(key, _crps_sorted(np.maximum(xs, t), np.maximum(y, t), self.fair).sum())
 
     def compute(self) -> dict[str, Any]:
         return {f"twCRPS_{key}": _div(self.get(key), self.get("n")) for key in self.thresholds}
@@ -88,17 +92,16 @@ class PooledCRPS(Sums):
         if not f.n:
             return
         v_members = np.expand_dims(f.v, f.ax)
-        obs_v = np.where(f.v, f.obs, 0.0)
-        ens_v = np.where(v_members, f.ens, 0.0)
         for pool in self.pools:
+            pobs, keep = _block_pool(f.obs, f.v, pool, self.hows)
+            pens, _ = _block_pool(f.ens, v_members, pool, self.hows)
+            if not keep.any():
+                continue
             for how in self.hows:
-                pobs, keep = _block_pool(obs_v, f.v, pool, how)
-                pens, _ = _block_pool(ens_v, v_members, pool, how)
-                if keep.any():
-                    members = np.moveaxis(pens, f.ax, 0)[:, keep]
-                    c = _crps_sorted(np.sort(members, axis=0), pobs[keep], self.fair)
-                    self.add(f"pool{pool}_{how}", c.sum())
-                    self.add(f"pool{pool}_{how}_n", c.size)
+                members = np.moveaxis(pens[how], f.ax, 0)[:, keep]
+                c = _crps_sorted(np.sort(members, axis=0), pobs[how][keep], self.fair)
+                self.add(f"pool{pool}_{how}", c.sum())
+                self.add(f"pool{pool}_{how}_n", c.size)
 
     def compute(self) -> dict[str, Any]:
         return {

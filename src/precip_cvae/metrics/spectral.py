@@ -71,22 +71,29 @@ class Spectrum(Accumulator):
 
 
 @lru_cache(maxsize=16)
-def _radial_bins(H: int, W: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For an H x W FFT grid: frequencies of the radial bins, the flat indices of the kept coefficients sorted by
-    bin, the start of each bin in that order, and the coefficient count per bin (all > 0)."""
+def _radial_bins(H: int, W: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For the half-plane (``rfft2``) grid of an H x W field: frequencies of the radial bins, the flat indices of the
+    kept coefficients sorted by bin, how many full-plane coefficients each stands for (1 or 2: a real field's
+    spectrum is symmetric, |F(-k)| = |F(k)|, and a coefficient's mirror falls in the same radial bin), the start of
+    each bin in that order, and the full-plane coefficient count per bin (all > 0)."""
     L = max(H, W)
-    fy, fx = np.meshgrid(np.fft.fftfreq(H), np.fft.fftfreq(W), indexing="ij")
+    Wh = W // 2 + 1
+    fy, fx = np.meshgrid(np.fft.fftfreq(H), np.fft.rfftfreq(W), indexing="ij")
     k = np.rint(np.hypot(fy, fx) * L).astype(np.int64).ravel()  # bins of width 1/L centred on k/L
+    # columns 1 .. ceil(W/2)-1 have their mirror in the other half; column 0 and (even W) the Nyquist one do not
+    col = np.arange(Wh)
+    mult = np.broadcast_to(np.where((col > 0) & (2 * col != W), 2, 1), (H, Wh)).ravel()
     n_bins = L // 2
     sel = np.flatnonzero((k >= 1) & (k <= n_bins))  # drop the mean and the corners beyond 0.5 cycles/px
     order = sel[np.argsort(k[sel], kind="stable")]
     sorted_k = k[order]
     starts = np.searchsorted(sorted_k, np.arange(1, n_bins + 1))
-    counts = np.diff(np.append(starts, sorted_k.size))
+    counts = np.add.reduceat(mult[order], starts) if order.size else np.zeros(0, np.int64)
     freqs = np.arange(1, n_bins + 1) / L
-    for a in (freqs, order, starts, counts):
+    weights = mult[order].astype(np.float64)
+    for a in (freqs, order, weights, starts, counts):
         a.flags.writeable = False
-    return freqs, order, starts, counts
+    return freqs, order, weights, starts, counts
 
 
 def rapsd(field: ArrayLike, fill: Literal["mean", "zero"] = "mean") -> tuple[np.ndarray, np.ndarray]:
@@ -120,11 +127,12 @@ def rapsd(field: ArrayLike, fill: Literal["mean", "zero"] = "mean") -> tuple[np.
     else:
         raise ValueError(f"fill must be 'mean' or 'zero', got {fill!r}")
     x = np.where(finite, x, value)
-    power = (np.abs(np.fft.fft2(x)) ** 2 / (H * W)).reshape(*x.shape[:-2], H * W)
-    freqs, order, starts, counts = _radial_bins(H, W)
+    coef = np.fft.rfft2(x)
+    power = ((coef.real**2 + coef.imag**2) / (H * W)).reshape(*x.shape[:-2], -1)
+    freqs, order, weights, starts, counts = _radial_bins(H, W)
     if freqs.size == 0:
         return freqs.copy(), np.zeros(x.shape[:-2] + (0,))
-    return freqs.copy(), np.add.reduceat(power[..., order], starts, axis=-1) / counts
+    return freqs.copy(), np.add.reduceat(power[..., order] * weights, starts, axis=-1) / counts
 
 
 def spectrum_log_ratio(
