@@ -265,7 +265,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     result = fit(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"checkpoints: {result['checkpoints']}  log: {result['log']}  best epoch: {result['best_epoch']}")
+    if result["rank"] == 0:
+        print(f"checkpoints: {result['checkpoints']}  log: {result['log']}  best epoch: {result['best_epoch']}")
     return 0
 
 

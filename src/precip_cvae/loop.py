@@ -54,6 +54,7 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     autocast_dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
+    agree: Callable[[bool], bool] | None = None,
 ) -> dict[str, float] | None:
     """One forward/backward pass, and an optimizer step when ``step`` (the last of ``accumulate`` passes).
 
@@ -65,6 +66,7 @@ def train_step(
     ----------
     forward : (model, batch, generator) -> output, run under autocast
     loss_fn : (output, batch) -> dict with "total" and other scalar terms, run outside autocast
+    agree : in a data-parallel run, whether every rank's loss is finite given this one's (all skip, or none)
     """
     model.train()
     device_type = next(v for v in batch.values() if isinstance(v, torch.Tensor)).device.type
@@ -72,7 +74,8 @@ def train_step(
         out = forward(model, batch, generator)
     terms = loss_fn(out, batch)
     total = terms["total"]
-    if not torch.isfinite(total):
+    finite = bool(torch.isfinite(total))
+    if not (agree(finite) if agree is not None else finite):
         optimizer.zero_grad(set_to_none=True)
         return None
     scaled = total / accumulate
@@ -135,6 +138,7 @@ def run_steps(
     advice: str = "lower the learning rate, set a gradient clip, or set train.amp=false",
     lr_for_step: Callable[[int], float] | None = None,
     after_step: Callable[[], None] | None = None,
+    agree: Callable[[bool], bool] | None = None,
 ) -> StepStats:
     """Train on the first ``n_steps`` batches of ``batches`` through :func:`train_step`.
 
@@ -157,7 +161,7 @@ def run_steps(
             terms = train_step(
                 model, to_device(batch), optimizer, loss_for_step(i), forward=forward, accumulate=accumulate,
                 step=(i + 1) % accumulate == 0 or i + 1 == n_steps, grad_clip=grad_clip, scaler=precision.scaler,
-                autocast_dtype=precision.dtype, generator=generator,
+                autocast_dtype=precision.dtype, generator=generator, agree=agree,
             )  # fmt: skip
         except torch.cuda.OutOfMemoryError:
             raise RunFailed(

@@ -8,6 +8,8 @@ per-pixel normalized equivalent of the physical threshold. Pixels outside ``mask
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -18,14 +20,23 @@ from precip_cvae.data.normalize import Normalization
 LossWeights = LossConfig
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` where ``mask`` is True (0 when the mask is empty, with a gradient of 0)."""
+#: Maps the number of points a batch's masked mean divides by to the number it should divide by. In a data-parallel
+#: run it is :meth:`precip_cvae.distributed.Context.share_of_count`: the count over all ranks' blocks of the global
+#: batch, divided by the number of ranks, so that DDP's average of the ranks' losses is the global batch's mean even
+#: when the ranks hold different numbers of points (extreme pixels, missing observations).
+Count = Callable[[torch.Tensor], torch.Tensor]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, count: Count | None = None) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is True (0 when the mask is empty, with a gradient of 0); ``count``: see
+    :data:`Count` (default: this batch's count, at least 1)."""
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+    n = mask.sum()
+    return (values * mask).sum() / (count(n.detach()) if count is not None else n.clamp_min(1.0))
 
 
 def reconstruction_terms(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, threshold_z: torch.Tensor
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, threshold_z: torch.Tensor, count: Count | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MAE over all valid pixels and over extreme pixels (target at or above the threshold).
 
@@ -41,7 +52,7 @@ def reconstruction_terms(
     """
     error = (pred - target).abs()
     extreme = mask & (target >= threshold_z)
-    return masked_mean(error, mask), masked_mean(error, extreme)
+    return masked_mean(error, mask, count), masked_mean(error, extreme, count)
 
 
 def mass_loss(
@@ -73,7 +84,9 @@ def mass_loss(
     return ((true_sum - pred_sum).abs() / count).mean() / scale_mm_per_day
 
 
-def almost_fair_crps(members: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
+def almost_fair_crps(
+    members: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, alpha: float, count: Count | None = None
+) -> torch.Tensor:
     """Mean over valid points of the almost-fair CRPS of an M-member ensemble (Lang et al. 2024, AIFS-CRPS).
 
     ``afCRPS = mean_j |x_j - y| - (1 - eps) / (2 M (M - 1)) * sum_{j != k} |x_j - x_k|`` with
@@ -98,7 +111,7 @@ def almost_fair_crps(members: torch.Tensor, target: torch.Tensor, mask: torch.Te
     skill = (members - target.unsqueeze(1)).abs().mean(dim=1)
     spread = (members.unsqueeze(1) - members.unsqueeze(2)).abs().sum(dim=(1, 2))  # sum over j != k (j == k is 0)
     eps = (1.0 - alpha) / M
-    return masked_mean(skill - (1.0 - eps) / (2.0 * M * (M - 1)) * spread, mask)
+    return masked_mean(skill - (1.0 - eps) / (2.0 * M * (M - 1)) * spread, mask, count)
 
 
 def pooled_fields(fields: torch.Tensor, mask: torch.Tensor, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +137,12 @@ def pooled_fields(fields: torch.Tensor, mask: torch.Tensor, pool: int) -> tuple[
 
 
 def ensemble_crps(
-    samples: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, alpha: float, pools: tuple[int, ...]
+    samples: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    alpha: float,
+    pools: tuple[int, ...],
+    count: Count | None = None,
 ) -> torch.Tensor:
     """The proper-scoring ensemble term: the almost-fair CRPS of the samples per pixel (``pool`` 1) and of their
     ``pool`` x ``pool`` block means, summed over ``pools``, so that spread and spatial structure are rewarded, not
@@ -140,7 +158,7 @@ def ensemble_crps(
     for pool in pools:
         pooled_samples, _ = pooled_fields(samples, mask.unsqueeze(1), pool)
         pooled_target, keep = pooled_fields(target, mask, pool)
-        total = total + almost_fair_crps(pooled_samples, pooled_target, keep, alpha)
+        total = total + almost_fair_crps(pooled_samples, pooled_target, keep, alpha, count)
     return total
 
 
@@ -197,6 +215,7 @@ def cvae_loss(
     scale_mm_per_day: float,
     weights: LossConfig,
     beta: float,
+    count: Count | None = None,
 ) -> dict[str, torch.Tensor]:
     """All terms of the cVAE loss for one batch.
 
@@ -207,6 +226,7 @@ def cvae_loss(
     mask : (B, 1, H, W) bool valid pixels with an observation; land : the land subset of it
     threshold_z : (H, W) normalized extreme threshold; normalization : the target transform
     beta : the KL weight of this step (after warm-up)
+    count : what the masked means divide by (see :data:`Count`; data-parallel runs)
 
     Returns
     -------
@@ -214,7 +234,7 @@ def cvae_loss(
     "MAE_all", "MAE_ext", "L_kl_x<factor>" per spatial latent scale (scalars) and "kl_per_dim".
     """
     recon = out["recon"].float()
-    mae_all, mae_ext = reconstruction_terms(recon, target, mask, threshold_z)
+    mae_all, mae_ext = reconstruction_terms(recon, target, mask, threshold_z, count)
     l_rec = weights.lambda_base * mae_all + weights.lambda_ext * mae_ext
     l_mass = mass_loss(recon, target, land, normalization, scale_mm_per_day)
     prior_mu, prior_logvar = out.get("prior_mu"), out.get("prior_logvar")
@@ -234,7 +254,9 @@ def cvae_loss(
     total = l_rec + weights.lambda_mass * l_mass + beta * l_kl
     l_crps = recon.new_zeros(())
     if weights.crps_weight > 0 and "prior_samples" in out:
-        l_crps = ensemble_crps(out["prior_samples"].float(), target, mask, weights.crps_alpha, weights.crps_pools)
+        l_crps = ensemble_crps(
+            out["prior_samples"].float(), target, mask, weights.crps_alpha, weights.crps_pools, count
+        )
         total = total + weights.crps_weight * l_crps
     return {
         "total": total,

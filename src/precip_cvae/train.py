@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
-from precip_cvae import loop
+from precip_cvae import distributed, loop
 from precip_cvae.checkpoint import check_against, load_checkpoint, save_checkpoint, training_state
 from precip_cvae.config import HIGHER_IS_BETTER, TRAIN_LOG_COLUMNS, Config, dump_config
 from precip_cvae.data.dataset import DayDataset, PreparedData
@@ -64,7 +64,9 @@ class Trainer:
         self.config = config
         self.progress = progress
         self.data = PreparedData(config.data.data_root)
-        self.device = select_device(config.train.device)
+        requested = select_device(config.train.device)
+        self.ctx = distributed.context(requested)  # one process, or a rank of a torchrun
+        self.device = distributed.rank_device(requested, self.ctx)
         self.out_dir = Path(config.data.outputs_root)
         self.ckpt_dir = self.out_dir / CHECKPOINT_DIR
         self.log_path = self.out_dir / "logs" / "train_log.csv"
@@ -73,10 +75,18 @@ class Trainer:
         self.val_set = DayDataset(self.data, self.data.ids("val") or self.data.ids("train")[-max(1, t.batch_size) :])
         if len(self.train_set) == 0:
             raise InputError(f"{self.data.root}: the train split is empty")
+        self.local_batch = distributed.local_batch(t.batch_size, self.ctx)
+        if self.ctx.active and len(self.train_set) < t.batch_size:
+            raise InputError(
+                f"config key train.batch_size: {t.batch_size} is more than the {len(self.train_set)} training days"
+            )
         torch.manual_seed(t.seed)
         self.model = build_model(self.data, config.model).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.noise = torch.Generator(device=self.device).manual_seed(t.seed + 1)
+        # what the training steps draw from: under torchrun, this rank's rows of the global batch's noise
+        self.step_noise = distributed.RankNoise(self.noise, self.ctx) if self.ctx.active else self.noise
+        self.trained = self.model  # what the steps run: the model, or its DDP wrapper (see wrap())
         self.precision = Precision.for_device(self.device, t.amp)
         self.scaler = self.precision.scaler
         d = self.device
@@ -88,6 +98,12 @@ class Trainer:
         self.n_prior = config.loss.crps_members if config.loss.crps_weight > 0 else 0
 
     # -- pieces ------------------------------------------------------------------------------------
+    def wrap(self) -> None:
+        """Under torchrun, wrap the model for DDP (after a resume has loaded its weights)."""
+        if self.ctx.active and self.trained is self.model:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
     def forward(self, model: torch.nn.Module, batch: dict, generator: torch.Generator | None) -> dict:
         return cvae_forward(model, batch, generator, self.n_prior)
 
@@ -98,6 +114,7 @@ class Trainer:
             return cvae_loss(
                 out, batch["target"], batch["mask"], batch["land"], self.threshold_z, self.normalization,
                 self.data.mean_land_mm_per_day, self.weights, beta,
+                count=self.ctx.share_of_count if self.ctx.active else None,
             )  # fmt: skip
 
         return loss
@@ -118,8 +135,10 @@ class Trainer:
             sampler = WeightedRandomSampler(weights.tolist(), len(self.train_set), replacement=True, generator=order)
         else:
             sampler = RandomSampler(self.train_set, generator=order)
+        if self.ctx.active:  # this rank's block of each global batch that one process would draw
+            sampler = distributed.BlockSampler(sampler, self.local_batch, self.ctx)
         return DataLoader(
-            self.train_set, batch_size=t.batch_size, sampler=sampler, num_workers=self.config.data.num_workers,
+            self.train_set, batch_size=self.local_batch, sampler=sampler, num_workers=self.config.data.num_workers,
             drop_last=len(self.train_set) > t.batch_size,
         )  # fmt: skip
 
@@ -135,14 +154,16 @@ class Trainer:
         def beta_at(i: int) -> float:
             return kl_weight(epoch + i / n_batches, self.config.loss.beta_kl, t.warmup_epochs)
 
+        self.wrap()
         stats = loop.run_steps(
-            self.model, loader, self.optimizer, lambda i: self.loss_fn(beta_at(i)), forward=self.forward,
+            self.trained, loader, self.optimizer, lambda i: self.loss_fn(beta_at(i)), forward=self.forward,
             to_device=self.to_device, n_steps=n_batches, precision=self.precision, accumulate=t.accumulate,
-            grad_clip=t.grad_clip, max_bad_steps=t.max_bad_steps, generator=self.noise,
-            desc=f"epoch {epoch + 1}/{t.epochs}", progress=self.progress,
+            grad_clip=t.grad_clip, max_bad_steps=t.max_bad_steps, generator=self.step_noise,
+            desc=f"epoch {epoch + 1}/{t.epochs}", progress=self.progress and self.ctx.main,
             advice="lower train.lr, lower train.grad_clip, or set train.amp=false",
+            agree=(lambda finite: self.ctx.all_true(finite, self.device)) if self.ctx.active else None,
         )  # fmt: skip
-        mean, beta, skipped = stats.means, beta_at(n_batches - 1), stats.skipped
+        mean, beta, skipped = self.ctx.mean(stats.means, self.device), beta_at(n_batches - 1), stats.skipped
         scales = ";".join(f"{k[len('L_kl_') :]}:{v:.4g}" for k, v in mean.items() if k.startswith("L_kl_x"))
         return {
             "train_loss": mean["total"],
@@ -304,10 +325,13 @@ def fit(
     """Train the cVAE as ``config`` says; returns the paths written and the last log row.
 
     Writes ``<outputs_root>/checkpoints/cvae_{last,best,epoch_XXX}.pt``, ``logs/train_log.csv`` and the
-    resolved ``config.yaml``. With ``resume``, continues from ``cvae_last.pt``.
+    resolved ``config.yaml``. With ``resume``, continues from ``cvae_last.pt``. Started by ``torchrun``, each process
+    trains one rank of a DDP run (:mod:`precip_cvae.distributed`) and rank 0 alone writes.
     """
     trainer = Trainer(config, progress=progress)
     t = config.train
+    ctx = trainer.ctx
+    say = logger.info if ctx.main else (lambda *args, **kwargs: None)
     last_path = trainer.ckpt_dir / "cvae_last.pt"
     if last_path.exists() and not (resume or overwrite):
         raise InputError(f"{last_path}: a run exists here; pass --resume to continue it or --overwrite to start again")
@@ -325,18 +349,23 @@ def fit(
         start_epoch = int(state["epoch"]) + 1
         best, best_epoch, stale = state["best_value"], int(state["best_epoch"]), int(state["stale_epochs"])
         rows = [r for r in read_log(trainer.log_path) if int(r["epoch"]) <= int(state["epoch"]) + 1]
-        logger.info(f"resuming from {last_path} after epoch {start_epoch}")
+        say(f"resuming from {last_path} after epoch {start_epoch}")
     elif resume:
-        logger.info(f"nothing to resume at {last_path}: starting from scratch")
-    trainer.out_dir.mkdir(parents=True, exist_ok=True)
-    for stale_tmp in trainer.ckpt_dir.glob(".cvae_*.tmp"):  # left by a run killed while saving
-        stale_tmp.unlink(missing_ok=True)
-    write_text(trainer.out_dir / "config.yaml", dump_config(config))
-    board = _tensorboard(trainer) if t.tensorboard else None
-    if start_epoch == 0:  # a fresh start: nothing of an overwritten run may pass for this one's
-        trainer.log_path.unlink(missing_ok=True)
-        for old in trainer.ckpt_dir.glob("cvae_*.pt"):
-            old.unlink()
+        say(f"nothing to resume at {last_path}: starting from scratch")
+    board = None
+    if ctx.main:
+        trainer.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale_tmp in trainer.ckpt_dir.glob(".cvae_*.tmp"):  # left by a run killed while saving
+            stale_tmp.unlink(missing_ok=True)
+        write_text(trainer.out_dir / "config.yaml", dump_config(config))
+        board = _tensorboard(trainer) if t.tensorboard else None
+        if start_epoch == 0:  # a fresh start: nothing of an overwritten run may pass for this one's
+            trainer.log_path.unlink(missing_ok=True)
+            for old in trainer.ckpt_dir.glob("cvae_*.pt"):
+                old.unlink()
+    ctx.barrier()  # every rank has read what it resumes from before rank 0 writes anything new
+    if ctx.active:
+        say(f"DDP over {ctx.world} processes: {trainer.local_batch} of each global batch of {t.batch_size} days each")
 
     metric = t.select_metric
     for epoch in range(start_epoch, t.epochs):
@@ -344,7 +373,7 @@ def fit(
         train_row = trainer.run_epoch(epoch)
         row = {"epoch": epoch + 1, **train_row, **trainer.validate(epoch, beta=train_row["beta"])}
         row["seconds"] = time.perf_counter() - started
-        if row["alarms"]:
+        if row["alarms"] and ctx.main:
             for alarm in row["alarms"].split(";"):
                 logger.warning(f"epoch {epoch + 1}: {alarm}")
         improved = _better(float(row[metric]), best, metric)
@@ -353,28 +382,28 @@ def fit(
         else:
             stale += 1
         rows.append(row)
-        write_log(trainer.log_path, rows)  # the log first: a resume drops rows past its checkpoint
-        state = training_state(
-            model=trainer.model, optimizer=trainer.optimizer, scaler=trainer.scaler, epoch=epoch,
-            config=config.to_dict(), data=trainer.data, best_value=best, best_epoch=best_epoch, stale_epochs=stale,
-            select_metric=t.select_metric, noise=trainer.noise,
-        )  # fmt: skip
-        save_checkpoint(last_path, state)
-        if (epoch + 1) % t.save_every == 0 or epoch + 1 == t.epochs:
-            save_checkpoint(trainer.ckpt_dir / f"cvae_epoch_{epoch + 1:03d}.pt", state)
-        if improved:
-            save_checkpoint(trainer.ckpt_dir / BEST_CHECKPOINT, state)
-        logger.info(format_row(row, metric))
+        if ctx.main:
+            write_log(trainer.log_path, rows)  # the log first: a resume drops rows past its checkpoint
+            state = training_state(
+                model=trainer.model, optimizer=trainer.optimizer, scaler=trainer.scaler, epoch=epoch,
+                config=config.to_dict(), data=trainer.data, best_value=best, best_epoch=best_epoch,
+                stale_epochs=stale, select_metric=t.select_metric, noise=trainer.noise,
+            )  # fmt: skip
+            save_checkpoint(last_path, state)
+            if (epoch + 1) % t.save_every == 0 or epoch + 1 == t.epochs:
+                save_checkpoint(trainer.ckpt_dir / f"cvae_epoch_{epoch + 1:03d}.pt", state)
+            if improved:
+                save_checkpoint(trainer.ckpt_dir / BEST_CHECKPOINT, state)
+        say(format_row(row, metric))
         if board is not None:
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, (int, float)):
                     board.add_scalar(key, value, epoch + 1)
             board.flush()
         if t.patience > 0 and stale >= t.patience:
-            logger.info(
-                f"early stop: {metric} has not improved for {stale} epochs (best {best:.4g} at epoch {best_epoch})"
-            )
+            say(f"early stop: {metric} has not improved for {stale} epochs (best {best:.4g} at epoch {best_epoch})")
             break
+    ctx.barrier()  # the checkpoints are written before any rank returns
     return {
         "checkpoints": trainer.ckpt_dir,
         "log": trainer.log_path,
@@ -382,6 +411,7 @@ def fit(
         "first_row": rows[0] if rows else None,
         "best_epoch": best_epoch,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "rank": ctx.rank,
     }
 
 

@@ -112,10 +112,14 @@ def _gaussian_noise(shape: tuple[int, ...], like: torch.Tensor, generator: torch
     """Standard normal noise of ``shape`` on ``like``'s device and dtype.
 
     The noise is drawn on the generator's own device and then moved, so a CPU generator gives the same draws
-    for a model on any device.
+    for a model on any device. ``generator`` may also be a :class:`precip_cvae.distributed.RankNoise` (anything with
+    a ``randn(shape)``): one rank's rows of the noise of a global batch.
     """
-    device = generator.device if generator is not None else like.device
-    eps = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    if hasattr(generator, "randn"):
+        eps = generator.randn(shape)
+    else:
+        device = generator.device if generator is not None else like.device
+        eps = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
     return eps.to(device=like.device, dtype=like.dtype)
 
 
