@@ -3,11 +3,13 @@ global batch; the pieces that make it so, by hand."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import SequentialSampler
@@ -42,19 +44,25 @@ def test_the_global_batch_must_split_evenly():
         local_batch(6, Context(0, 4))
 
 
+def _launcher(processes: int) -> list[str]:
+    if processes == 1:
+        return [sys.executable, "-m", "precip_cvae"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+            "--nproc_per_node", str(processes), "-m", "precip_cvae"]  # fmt: skip
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def _train(prepared: Path, out: Path, processes: int, epochs: int = 2, resume: bool = False) -> dict:
     # the default generator (spatial latents, prior draws for the ensemble term), tiny, 8-day global batches
     args = [f"data.data_root={prepared}", f"data.outputs_root={out}", *TINY_MODEL, f"train.epochs={epochs}",
             "model.latent_channels=2", "train.lr=0.003", "train.save_every=1", "--quiet"]  # fmt: skip
-    if processes == 1:
-        launcher = [sys.executable, "-m", "precip_cvae"]
-    else:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                    "--nproc_per_node", str(processes), "-m", "precip_cvae"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [*launcher, "train", *(["--resume"] if resume else []), *args]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run([*_launcher(processes), "train", *(["--resume"] if resume else []), *args])
     return {"weights": load_checkpoint(out / "checkpoints" / "cvae_last.pt")["model_state_dict"], "stdout": done.stdout}
 
 
@@ -82,3 +90,23 @@ def test_two_processes_train_the_weights_of_one_and_resume_to_them(prepared, tmp
     _train(prepared, tmp_path / "resumed", 2, epochs=1)
     resumed = _train(prepared, tmp_path / "resumed", 2, resume=True)
     _assert_same_weights(resumed["weights"], one["weights"])
+
+
+def test_two_processes_evaluate_what_one_does(trained, tmp_path):
+    # each process scores every other batch of days (batches of 4 here) and rank 0 merges: metrics.json is the same
+    out = {}
+    for processes in (1, 2):
+        out[processes] = tmp_path / f"evaluation{processes}"
+        config = Path(trained.data.outputs_root) / "config.yaml"
+        done = _run([*_launcher(processes), "evaluate", "--config", str(config), "--K", "4", "--out",
+                     str(out[processes]), "--quiet", "evaluate.batch_size=4"])  # fmt: skip
+        assert done.stdout.count("report:") == 1
+    one, two = (json.loads((out[p] / "metrics.json").read_text()) for p in (1, 2))
+    assert one["days"] == two["days"] and len(one["days"]) > 8 and one["heavy_days"] == two["heavy_days"]
+    for name, system in one["systems"].items():
+        for part in ("all", "heavy"):
+            expected, got = system[part] or {}, two["systems"][name][part] or {}
+            assert expected.keys() == got.keys()
+            for key, value in expected.items():
+                np.testing.assert_allclose(np.asarray(got[key], float), np.asarray(value, float), rtol=1e-6,
+                                           atol=1e-9, err_msg=f"{name} {part} {key}")  # fmt: skip

@@ -40,11 +40,11 @@ class AnalogEnsemble:
 
 
 class ClimatologyEnsemble:
-    """K pool days of the same calendar month (drawn at random, seeded), whatever the inputs say."""
+    """K pool days of the same calendar month (drawn at random, seeded by the seed and the day, so a day's members do
+    not depend on which other days are scored, nor in which process), whatever the inputs say."""
 
     def __init__(self, data: PreparedData, pool: list[int], K: int, seed: int = 0):
-        self.data, self.K = data, K
-        self.rng = np.random.default_rng(seed)
+        self.data, self.K, self.seed = data, K, int(seed)
         self.pool = np.asarray(pool)
         months = [data.date(int(i)) for i in pool]
         self.months = np.array([int(m[5:7]) if m else 0 for m in months])
@@ -55,7 +55,8 @@ class ClimatologyEnsemble:
         candidates = candidates[candidates != day]
         if candidates.size == 0:
             candidates = self.pool[self.pool != day]
-        chosen = self.rng.choice(candidates, size=self.K, replace=candidates.size < self.K)
+        rng = np.random.default_rng([self.seed, int(day)])
+        chosen = rng.choice(candidates, size=self.K, replace=candidates.size < self.K)
         return np.stack([self.data.target_mm(int(i)) for i in chosen]), chosen
 
 

@@ -381,6 +381,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     flags = ("split", "K", "mode", "temperature", "seed", "baselines", "oracle")
     config = _load_config(args, {name: f"evaluate.{name}" for name in flags})
     metrics = run_evaluate(config, checkpoint=args.checkpoint, out_dir=args.out, progress=not args.quiet)
+    if not metrics:  # a rank of a torchrun other than 0: rank 0 writes and reports
+        return 0
     print(headline(metrics))
     print(f"report: {Path(metrics['out_dir']) / 'report.md'}")
     return 0

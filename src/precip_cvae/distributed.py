@@ -77,6 +77,14 @@ class Context:
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total.clamp_min(1.0) / self.world
 
+    def gather(self, obj: object) -> list[object]:
+        """Every rank's ``obj`` (pickled), in rank order, on rank 0; ``[obj]`` elsewhere and in one process."""
+        if not self.active:
+            return [obj]
+        out: list[object] | None = [None] * self.world if self.main else None
+        dist.gather_object(obj, out, dst=0)
+        return out if self.main else [obj]
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from precip_cvae import distributed
 from precip_cvae.baselines import AnalogEnsemble, ClimatologyEnsemble, OracleEnsemble
 from precip_cvae.config import Config, EvaluateConfig
 from precip_cvae.data.dataset import PreparedData
@@ -44,6 +45,14 @@ class _Reservoir:
             keep = np.argpartition(self.keys, self.size)[: self.size]
             self.values, self.keys = self.values[keep], self.keys[keep]
 
+    def merge(self, other: _Reservoir) -> None:
+        """The bottom-k sample of both streams (exact when their keys are independent)."""
+        self.values = np.concatenate([self.values, other.values])
+        self.keys = np.concatenate([self.keys, other.keys])
+        if self.values.size > self.size:
+            keep = np.argpartition(self.keys, self.size)[: self.size]
+            self.values, self.keys = self.values[keep], self.keys[keep]
+
 
 class _Reliability:
     """Counts for a reliability diagram of P(pr >= threshold): forecast probability bins vs observed frequency."""
@@ -57,6 +66,10 @@ class _Reliability:
         o = obs[mask] >= threshold
         self.forecast += np.bincount(k, minlength=self.forecast.size)[: self.forecast.size]
         self.observed += np.bincount(k, weights=o, minlength=self.observed.size)[: self.observed.size]
+
+    def merge(self, other: _Reliability) -> None:
+        self.forecast += other.forecast
+        self.observed += other.observed
 
     def result(self) -> dict:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -72,11 +85,11 @@ class _Reliability:
 class System:
     """One ensemble system's accumulators for all days and for heavy days."""
 
-    def __init__(self, name: str, K: int, thresholds: dict, seed: int, qq_values: int):
+    def __init__(self, name: str, K: int, thresholds: dict, seed: int, qq_values: int, rank: int = 0):
         self.name, self.K = name, K
         self.all = EnsembleScores(K, thresholds, rng_seed=seed)
         self.heavy = EnsembleScores(K, thresholds, rng_seed=seed + 1)
-        self.values = _Reservoir(qq_values, seed + 2)
+        self.values = _Reservoir(qq_values, seed + 2 + 1000 * rank)
         self.reliability = {key: _Reliability(K) for key in ("P95", "P99")}
         self.thresholds = thresholds
 
@@ -92,6 +105,14 @@ class System:
         for key, r in self.reliability.items():
             r.add(ens, obs, mask, self.thresholds[key])
 
+    def merge(self, other: System) -> None:
+        """Add the days another process scored (the scores merge exactly, see :class:`EnsembleScores`)."""
+        self.all.merge(other.all)
+        self.heavy.merge(other.heavy)
+        self.values.merge(other.values)
+        for key, r in self.reliability.items():
+            r.merge(other.reliability[key])
+
 
 def run_evaluate(
     config: Config,
@@ -101,12 +122,18 @@ def run_evaluate(
     progress: bool = True,
 ) -> dict:
     """Evaluate on ``options.split``; write ``metrics.json``, figures and ``report.md`` into ``out_dir``
-    (default ``<outputs_root>/evaluation``); ``options`` default to ``config.evaluate``. Returns the metrics dict."""
+    (default ``<outputs_root>/evaluation``); ``options`` default to ``config.evaluate``. Returns the metrics dict.
+
+    Started by ``torchrun``, each process scores every N-th batch of days and rank 0 merges the scores and writes
+    (the other ranks return an empty dict). Batch b of the split draws its samples from a generator seeded by
+    ``options.seed`` and b, so the numbers do not depend on the number of processes."""
     options = options or config.evaluate
     if options.mode not in ("prior", "posterior"):
         raise InputError(f"--mode: must be prior or posterior, got {options.mode!r}")
     data = PreparedData(config.data.data_root)
-    gen = Generator.from_outputs(data, config.data.outputs_root, checkpoint, select_device(config.train.device))
+    requested = select_device(config.train.device)
+    ctx = distributed.context(requested)
+    gen = Generator.from_outputs(data, config.data.outputs_root, checkpoint, distributed.rank_device(requested, ctx))
     days = data.ids(options.split)
     if not days:
         raise InputError(f"--split {options.split}: no days")
@@ -122,20 +149,23 @@ def run_evaluate(
     oracle_path = options.oracle or (data.oracle_path if options.split == "test" else None)
     if "oracle" in options.baselines and oracle_path is not None:
         builders["oracle"] = OracleEnsemble(data, oracle_path)
-    systems = {"model": System("model", options.K, thresholds, options.seed, options.qq_values)}
+    systems = {"model": System("model", options.K, thresholds, options.seed, options.qq_values, ctx.rank)}
     for name, builder in builders.items():
-        systems[name] = System(name, builder.K, thresholds, options.seed, options.qq_values)
-    obs_values = _Reservoir(options.qq_values, options.seed + 99)
+        systems[name] = System(name, builder.K, thresholds, options.seed, options.qq_values, ctx.rank)
+    obs_values = _Reservoir(options.qq_values, options.seed + 99 + 1000 * ctx.rank)
     mask = data.valid_mask
-    rng = gen.rng(options.seed)
     land_means = data.land_means
     heaviest = set(np.asarray(days)[np.argsort(-np.nan_to_num(land_means[days], nan=-1))[: options.maps]].tolist())
     maps: dict[int, dict] = {}
     heavy_days = [d for d in days if data.is_heavy(d)]
 
-    bar = tqdm(total=len(days), desc=f"evaluate {options.split} (K={options.K})", unit="day", disable=not progress)
-    for start in range(0, len(days), options.batch_size):
-        batch = days[start : start + options.batch_size]
+    batches = [days[s : s + options.batch_size] for s in range(0, len(days), options.batch_size)]
+    mine = range(ctx.rank, len(batches), ctx.world)  # this process's batches
+    bar = tqdm(total=sum(len(batches[b]) for b in mine), desc=f"evaluate {options.split} (K={options.K})",
+               unit="day", disable=not (progress and ctx.main))  # fmt: skip
+    for index in mine:
+        batch = batches[index]
+        rng = gen.rng(options.seed + 1_000_003 * (index + 1))
         _, _, sims = gen.draw(batch, options.K, options.mode, options.temperature, rng)
         for b, day in enumerate(batch):
             obs = data.target_mm(day)
@@ -150,6 +180,15 @@ def run_evaluate(
                 maps[day] = {"obs": obs, "model": sims[b][:4].copy(), "date": data.date(day)}
         bar.update(len(batch))
     bar.close()
+    if ctx.active:  # rank 0 merges every rank's scores, Q-Q samples and maps, and alone writes
+        parts = ctx.gather((systems, obs_values, maps))
+        if not ctx.main:
+            return {}
+        for other_systems, other_values, other_maps in parts[1:]:
+            for name, system in systems.items():
+                system.merge(other_systems[name])
+            obs_values.merge(other_values)
+            maps.update(other_maps)
 
     metrics = {
         "split": options.split,
