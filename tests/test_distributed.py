@@ -110,3 +110,22 @@ def test_two_processes_evaluate_what_one_does(trained, tmp_path):
             for key, value in expected.items():
                 np.testing.assert_allclose(np.asarray(got[key], float), np.asarray(value, float), rtol=1e-6,
                                            atol=1e-9, err_msg=f"{name} {part} {key}")  # fmt: skip
+
+
+def test_two_processes_sample_the_files_of_one(trained, tmp_path):
+    # each process draws and gates every other batch (batches of 2 days), rank 0 writes them all in order
+    out = {}
+    for processes in (1, 2):
+        out[processes] = tmp_path / f"synth{processes}"
+        config = Path(trained.data.outputs_root) / "config.yaml"
+        done = _run([*_launcher(processes), "sample", "--config", str(config), "--K", "3", "--days", "split:test",
+                     "--mode", "prior", "--out", str(out[processes]), "--keep-rejected", "--quiet",
+                     "sampling.batch_size=2"])  # fmt: skip
+        assert done.stdout.count("samples ->") == 1
+    one, two = (json.loads((out[p] / "manifest.json").read_text()) for p in (1, 2))
+    assert len(one["samples"]) > 6 and one["samples"] == two["samples"] and one["summary"] == two["summary"]
+    files = sorted(p.relative_to(out[1]) for p in out[1].rglob("*.npy"))
+    assert len(files) >= 2 * len(one["samples"])
+    assert files == sorted(p.relative_to(out[2]) for p in out[2].rglob("*.npy"))
+    for name in files:
+        np.testing.assert_allclose(np.load(out[2] / name), np.load(out[1] / name), rtol=1e-6, atol=1e-6, err_msg=name)

@@ -308,7 +308,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     )  # fmt: skip
     out = args.out or Path(config.data.outputs_root) / "synth"
     summary = run_sample(config, options, checkpoint=args.checkpoint, out_dir=out, progress=not args.quiet)
-    print(format_summary(summary, out))
+    if summary:  # empty on a rank of a torchrun other than 0, which writes and reports
+        print(format_summary(summary, out))
     return 0
 
 

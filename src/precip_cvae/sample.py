@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from precip_cvae import __version__
+from precip_cvae import __version__, distributed
 from precip_cvae.config import Config
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.sample_store import SampleWriter
@@ -87,7 +87,9 @@ def run_sample(
     """Draw ``options.K`` samples for each selected day, gate them and write the outputs atomically.
 
     ``gate`` defaults to the config's (:meth:`~precip_cvae.config.Config.gate_config`). Returns the manifest's summary
-    (counts, reasons, mean spread between samples of a day).
+    (counts, reasons, mean spread between samples of a day). Batch b of the days draws from a generator seeded by
+    ``options.seed`` and b. Started by ``torchrun``, each process draws and gates every N-th batch and rank 0 writes
+    them all, in order (the other ranks return an empty dict): the same files as one process.
     """
     gate = gate or config.gate_config()
     if options.mode not in ("posterior", "prior"):
@@ -97,7 +99,9 @@ def run_sample(
     if options.temperature < 0:
         raise InputError(f"--temperature: must be >= 0, got {options.temperature}")
     data = PreparedData(config.data.data_root)
-    gen = Generator.from_outputs(data, config.data.outputs_root, checkpoint, select_device(config.train.device))
+    requested = select_device(config.train.device)
+    ctx = distributed.context(requested)
+    gen = Generator.from_outputs(data, config.data.outputs_root, checkpoint, distributed.rank_device(requested, ctx))
     ids = select_days(data, options.days)
     period = data.split["train"] + data.split["val"]
     climatology = Climatology.from_days(
@@ -107,8 +111,32 @@ def run_sample(
         gate.wet_margin,
     )
     out_dir = Path(out_dir) if out_dir else Path(config.data.outputs_root) / "synth"
-    rng = gen.rng(options.seed)
     land = data.land_mask
+    batches = [ids[s : s + options.batch_size] for s in range(0, len(ids), options.batch_size)]
+
+    def drawn(index: int) -> tuple:
+        """Batch ``index``: its days, their inputs, samples (normalized and mm/day) and the gate's verdicts."""
+        batch_ids = batches[index]
+        rng = gen.rng(options.seed + 1_000_003 * (index + 1))
+        inputs, z, mm = gen.draw(batch_ids, options.K, options.mode, options.temperature, rng)
+        verdicts = [
+            assess_day(mm[b], data.target_mm(day), land, data.categories[f"{day:06d}"], climatology, gate)
+            for b, day in enumerate(batch_ids)
+        ]
+        return batch_ids, inputs, z, mm, verdicts
+
+    def in_order():
+        """Every batch, in order, on rank 0 (each rank draws every N-th one; nothing is yielded on the others)."""
+        for first in range(0, len(batches), ctx.world):
+            index = first + ctx.rank
+            for part in ctx.gather(drawn(index) if index < len(batches) else None):
+                if part is not None and ctx.main:
+                    yield part
+
+    if not ctx.main:
+        for _ in in_order():
+            pass
+        return {}
     records: list[dict] = []
     spreads: list[float] = []
     attributes = {
@@ -124,13 +152,9 @@ def run_sample(
         )
         with writer:
             bar = tqdm(total=len(ids), desc=f"sample ({options.mode}, K={options.K})", unit="day", disable=not progress)
-            for start in range(0, len(ids), options.batch_size):
-                batch_ids = ids[start : start + options.batch_size]
-                inputs, z, mm = gen.draw(batch_ids, options.K, options.mode, options.temperature, rng)
+            for batch_ids, inputs, z, mm, batch_verdicts in in_order():
                 for b, day in enumerate(batch_ids):
-                    verdicts = assess_day(
-                        mm[b], data.target_mm(day), land, data.categories[f"{day:06d}"], climatology, gate
-                    )
+                    verdicts = batch_verdicts[b]
                     stems = writer.add_day(day, data.date(day), inputs[b], z[b], mm[b], verdicts)
                     records.extend(
                         {"day": day, "sample": k, "file": name, **v}
