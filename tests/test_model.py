@@ -315,3 +315,23 @@ def test_output_head_errors():
     unset = make_model((4, 3), (24, 20), output="censored")  # no dry value, no checkpoint loaded
     with pytest.raises(ValueError, match="the censored output needs the normalized 0 mm/day"):
         unset(*make_batch((4, 3), (24, 20)))
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4, 7), (1, 8, 8, 5, 5), (3, 2, 4, 1, 1)])
+def test_the_fused_upsample_conv_is_the_conv_of_the_upsampled_map(shape):
+    # float64 reference: a 3x3 conv of the nearest x2 upsampled map, values and gradients
+    from precip_cvae.model._layers import upsample_conv
+
+    B, c_in, c_out, h, w = shape
+    torch.manual_seed(sum(shape))
+    conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1).double()
+    x = torch.randn(B, c_in, h, w, dtype=torch.float64, requires_grad=True)
+    reference = conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+    fused = upsample_conv(x, conv)
+    assert fused.shape == (B, c_out, 2 * h, 2 * w)
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-12)
+    weights = torch.randn_like(reference)
+    expected = torch.autograd.grad((reference * weights).sum(), [x, conv.weight, conv.bias])
+    got = torch.autograd.grad((fused * weights).sum(), [x, conv.weight, conv.bias])
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)

@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from precip_cvae.model._layers import DECODER_WIDTH_CAP, _center_crop, _channels, _expand_batch, _group_norm, n_scales
+from precip_cvae.model._layers import (
+    DECODER_WIDTH_CAP,
+    _center_crop,
+    _channels,
+    _expand_batch,
+    _group_norm,
+    n_scales,
+    upsample_conv,
+)
 from precip_cvae.model.heads import build_head
 from precip_cvae.model.latents import SpatialContext, SpatialLatent
 
@@ -34,7 +42,8 @@ class FiLM(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """One decoder scale: nearest ×2 upsampling, 3×3 conv, GroupNorm, FiLM, SiLU, a second 3×3 conv, plus skip.
+    """One decoder scale: nearest ×2 upsampling, 3×3 conv (the two fused, :func:`upsample_conv`), GroupNorm, FiLM,
+    SiLU, a second 3×3 conv, plus skip.
 
     The skip is a 1×1 conv (identity when widths match) applied at the coarse resolution before upsampling,
     which is cheaper and equal to doing it after (nearest upsampling commutes with a 1×1 conv).
@@ -55,8 +64,7 @@ class UpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         skip = F.interpolate(self.skip(x), scale_factor=2.0, mode="nearest")
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        h = F.silu(self.film(self.norm1(self.conv1(x)), cond))
+        h = F.silu(self.film(self.norm1(upsample_conv(x, self.conv1)), cond))
         h = F.silu(self.norm2(self.conv2(h)))
         return h + skip
 
