@@ -58,6 +58,13 @@ VARIANTS = {
     "censored": ["model.prior=conditional", "model.decoder_statics=true", "loss.beta_kl=0.005", SCALES,
                  "loss.crps_weight=1.0", "model.output=censored"],
 }  # fmt: skip
+# Cheaper versions of the default (issue 12), and the default with another seed (how far one seed is from another):
+# 2 prior draws per step for the ensemble term instead of 4; decoder widths capped at 2 x base_filters instead of 8
+# (the same model on grids with one or two scales, as E-OBS's and Fraser's).
+VARIANTS["censored_seed1"] = [*VARIANTS["censored"], "train.seed=1"]
+VARIANTS["censored_m2"] = [*VARIANTS["censored"], "loss.crps_members=2"]
+VARIANTS["censored_m2_seed1"] = [*VARIANTS["censored_m2"], "train.seed=1"]
+VARIANTS["censored_m2_cap2"] = [*VARIANTS["censored_m2"], "model.decoder_width_cap=2"]
 
 
 def prepare_dataset(name: str, work: Path, synth: dict | None = None) -> Path:

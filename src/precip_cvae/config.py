@@ -60,6 +60,7 @@ class ModelConfig:
     latent_scales: tuple[int, ...] = (8, 4)
     latent_channels: int = 4
     output: str = "censored"
+    decoder_width_cap: int = 8
 
 
 @dataclass(frozen=True)
@@ -423,6 +424,7 @@ def validate(config: Config) -> None:
         ("train.val_samples", config.train.val_samples >= 1),
         ("model.d_z", config.model.d_z >= 1),
         ("model.base_filters", config.model.base_filters >= 1),
+        ("model.decoder_width_cap", config.model.decoder_width_cap >= 1),
         ("model.d_x", config.model.d_x >= 1),
         ("model.d_y", config.model.d_y >= 1),
         ("model.latent_scales", all(f >= 1 and f & (f - 1) == 0 for f in config.model.latent_scales)),

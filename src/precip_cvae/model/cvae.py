@@ -81,6 +81,7 @@ class CVAE(nn.Module):
             encoder_channels=tuple(_channels(config.base_filters, k, ENCODER_WIDTH_CAP) for k in range(n_levels + 1)),
             output=config.output,
             dry_z=dry_z,
+            width_cap=config.decoder_width_cap,
         )
 
     # -- shape checks: a wrong grid should fail here with a readable message, not deep inside a conv --

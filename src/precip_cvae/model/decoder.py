@@ -76,8 +76,8 @@ class Decoder(nn.Module):
 
     1. seed: ``Linear([z; h_X])`` -> (base_filters, H0, W0) with H0 = ceil(H / 2^n_up), W0 = ceil(W / 2^n_up),
        then a FiLM-modulated 3×3 conv to the coarsest width;
-    2. ``n_up`` :class:`UpBlock` s, each doubling the resolution, halving the width (from up to 8 × base down
-       to base) and FiLM-modulated by an embedding of ``[z; h_X]``;
+    2. ``n_up`` :class:`UpBlock` s, each doubling the resolution, halving the width (from up to ``width_cap`` × base
+       down to base) and FiLM-modulated by an embedding of ``[z; h_X]``;
     3. a **center** crop of the (H0 · 2^n_up, W0 · 2^n_up) map to exactly (H, W) (an odd surplus is removed
        from the bottom/right);
     4. optionally (``use_statics``) the static maps are concatenated here;
@@ -97,6 +97,7 @@ class Decoder(nn.Module):
     use_statics : concatenate the static maps before the output layers.
     dropout : dropout probability in the conditioning MLP.
     output : the output head (``model.output``); dry_z : (H, W) normalized 0 mm/day, which ``censored`` needs.
+    width_cap : the widest scale's channels, in multiples of ``base_filters`` (``model.decoder_width_cap``).
 
     Shapes
     ------
@@ -117,6 +118,7 @@ class Decoder(nn.Module):
         encoder_channels: tuple[int, ...] = (),
         output: str = "linear",
         dry_z: np.ndarray | torch.Tensor | None = None,
+        width_cap: int = DECODER_WIDTH_CAP,
     ) -> None:
         super().__init__()
         self.hr_shape = (int(hr_shape[0]), int(hr_shape[1]))
@@ -143,7 +145,7 @@ class Decoder(nn.Module):
             cond_layers.append(nn.Dropout(dropout))
         self.cond = nn.Sequential(*cond_layers)
 
-        width = _channels(base_filters, self.n_up, DECODER_WIDTH_CAP)
+        width = _channels(base_filters, self.n_up, width_cap)
         self.seed_conv = nn.Conv2d(self.seed_channels, width, 3, padding=1)
         self.seed_norm = _group_norm(width)
         self.seed_film = FiLM(d_cond, width)
@@ -152,7 +154,7 @@ class Decoder(nn.Module):
         self.latents = nn.ModuleDict()
         for level in range(self.n_up, -1, -1):
             if level < self.n_up:
-                out = _channels(base_filters, level, DECODER_WIDTH_CAP)
+                out = _channels(base_filters, level, width_cap)
                 self.blocks.append(UpBlock(width, out, d_cond))
                 width = out
             if level in levels:
