@@ -85,6 +85,14 @@ class Context:
         dist.gather_object(obj, out, dst=0)
         return out if self.main else [obj]
 
+    def all_gather(self, obj: object) -> list[object]:
+        """Every rank's ``obj`` (pickled), in rank order, on every rank; ``[obj]`` in one process."""
+        if not self.active:
+            return [obj]
+        out: list[object] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

@@ -107,14 +107,16 @@ class Trainer:
     def forward(self, model: torch.nn.Module, batch: dict, generator: torch.Generator | None) -> dict:
         return cvae_forward(model, batch, generator, self.n_prior)
 
-    def loss_fn(self, beta: float) -> Callable[[dict, dict], dict]:
-        """The loss of a (model output, batch) pair with KL weight ``beta``."""
+    def loss_fn(self, beta: float, training: bool = True) -> Callable[[dict, dict], dict]:
+        """The loss of a (model output, batch) pair with KL weight ``beta``; a training step's masked means divide
+        by the count over all ranks of a torchrun (validation scores each batch on its own)."""
+        count = self.ctx.share_of_count if training and self.ctx.active else None
 
         def loss(out: dict, batch: dict) -> dict:
             return cvae_loss(
                 out, batch["target"], batch["mask"], batch["land"], self.threshold_z, self.normalization,
                 self.data.mean_land_mm_per_day, self.weights, beta,
-                count=self.ctx.share_of_count if self.ctx.active else None,
+                count=count,
             )  # fmt: skip
 
         return loss
@@ -180,12 +182,18 @@ class Trainer:
     @torch.no_grad()
     def validate(self, epoch: int, beta: float) -> dict:
         """Loss terms (posterior, as in training, KL weighted by ``beta``) and, from prior samples, metrics in
-        mm/day and alarms."""
+        mm/day and alarms.
+
+        Validation batch b draws its noise from a generator seeded by the seed, the epoch and b; under torchrun each
+        rank scores every N-th batch and the ranks' sums and scores are merged on every rank, so every rank gets
+        the row one process gets."""
         self.model.eval()
         t = self.config.train
-        gen = torch.Generator(device=self.device).manual_seed(t.seed * 7919 + epoch)
+        n = len(self.val_set)
+        batches = [list(range(s, min(s + t.batch_size, n))) for s in range(0, n, t.batch_size)]
+        mine = list(range(self.ctx.rank, len(batches), self.ctx.world))
         loader = DataLoader(
-            self.val_set, batch_size=t.batch_size, shuffle=False, num_workers=self.config.data.num_workers
+            self.val_set, batch_sampler=[batches[b] for b in mine], num_workers=self.config.data.num_workers
         )
         acc = {k: 0.0 for k in ("loss", "L_rec", "L_mass", "L_kl", "L_crps")}
         diag = dict.fromkeys(("spread", "spread_n", "std_s", "std_o"), 0.0)  # collapse diagnostics
@@ -201,8 +209,9 @@ class Trainer:
         scale_kl: dict[int, torch.Tensor] = {}  # per spatial latent scale: KL of each map summed over days
         scale_pixels: dict[int, int] = {}
         n_days = 0
-        loss_fn = self.loss_fn(beta)
-        for batch in loader:
+        loss_fn = self.loss_fn(beta, training=False)
+        for index, batch in zip(mine, loader, strict=True):
+            gen = torch.Generator(device=self.device).manual_seed(t.seed * 7919 + epoch + 1_000_003 * (index + 1))
             b = self.to_device(batch)
             out = self.forward(self.model, b, gen)
             terms = loss_fn(out, b)
@@ -232,6 +241,25 @@ class Trainer:
                 if bool(batch["heavy"][i]):
                     heavy_scores.add(fields)
                 recon_scores.add(Fields.single(rec[i], o[i], valid[i]))
+        # every rank merges the ranks' parts in rank order, so every rank computes the same row
+        parts = self.ctx.all_gather(
+            (acc, diag, n_days, samples_scores, heavy_scores, recon_scores, mus, scale_kl, scale_pixels)
+        )
+        acc, diag, n_days, samples_scores, heavy_scores, recon_scores, mus, scale_kl, scale_pixels = parts[0]
+        for other in parts[1:]:
+            o_acc, o_diag, o_days, o_samples, o_heavy, o_recon, o_mus, o_kl, o_pixels = other
+            for key in acc:
+                acc[key] += o_acc[key]
+            for key in diag:
+                diag[key] += o_diag[key]
+            n_days += o_days
+            samples_scores.merge(o_samples)
+            heavy_scores.merge(o_heavy)
+            recon_scores.merge(o_recon)
+            mus.extend(o_mus)
+            for factor, kl in o_kl.items():
+                scale_kl[factor] = scale_kl.get(factor, 0.0) + kl
+            scale_pixels.update(o_pixels)
         k = t.val_samples
         mu = torch.cat(mus)
         active = int((mu.var(dim=0) > 0.01).sum()) if mu.shape[0] > 1 else 0
