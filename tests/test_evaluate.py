@@ -69,6 +69,22 @@ def test_evaluate_end_to_end_in_a_subprocess(trained, tmp_path):
         assert (out / figure).is_file(), figure
 
 
+def test_worker_processes_score_what_this_process_scores(trained, tmp_path):
+    # batches scored into accumulators of their own, by 2 worker processes while this one draws, merged in batch
+    # order: the same metrics, to the last digit, as scoring here
+    from precip_cvae.config import EvaluateConfig
+    from precip_cvae.evaluate import run_evaluate
+
+    runs = {}
+    for workers in (0, 2):
+        options = EvaluateConfig(K=4, batch_size=3, workers=workers, qq_values=500)
+        runs[workers] = run_evaluate(trained, options, out_dir=tmp_path / f"w{workers}", progress=False)
+    here, pooled = runs[0]["systems"], runs[2]["systems"]
+    assert len(runs[0]["days"]) > 6 and here.keys() == pooled.keys() == {"model", "analog", "climatology", "oracle"}
+    for name in here:
+        assert json.dumps(pooled[name], sort_keys=True) == json.dumps(here[name], sort_keys=True), name
+
+
 def test_eobs_analog_crps_cross_check(tmp_path, shared_data):
     """The issue's independent numbers: fair CRPS of the K=16 analog ensemble, 0.934 and 4.52 mm/day."""
     from precip_cvae.data.netcdf import read_netcdf

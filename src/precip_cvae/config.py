@@ -182,7 +182,8 @@ class EvaluateConfig:
     """Defaults of `precip-cvae evaluate` (each also a command-line option).
 
     ``baselines``: any of analog, climatology, oracle; ``oracle``: the oracle file (default: the one `prepare`
-    recorded); ``qq_values``: values kept for the Q-Q figure; ``maps``: heaviest days drawn as maps.
+    recorded); ``qq_values``: values kept for the Q-Q figure; ``maps``: heaviest days drawn as maps; ``workers``:
+    processes that score batches while this one draws (0: score here).
     """
 
     split: str = "test"
@@ -195,6 +196,7 @@ class EvaluateConfig:
     oracle: str | None = None
     qq_values: int = 200_000
     maps: int = 3
+    workers: int = 0
 
 
 #: The downstream experiment's arms, in report order.
@@ -450,6 +452,7 @@ def validate(config: Config) -> None:
         ("evaluate.batch_size", config.evaluate.batch_size >= 1),
         ("evaluate.qq_values", config.evaluate.qq_values >= 1),
         ("evaluate.maps", config.evaluate.maps >= 0),
+        ("evaluate.workers", config.evaluate.workers >= 0),
         ("experiment.arms", len(config.experiment.arms) >= 1),
         ("experiment.seeds", config.experiment.seeds >= 1),
         ("experiment.steps", config.experiment.steps >= 1),

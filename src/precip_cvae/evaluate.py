@@ -8,6 +8,9 @@ memory but the accumulators and a bounded subsample of values for the Q-Q figure
 
 from __future__ import annotations
 
+import multiprocessing
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,7 +34,7 @@ class _Reservoir:
     """A uniform random subsample (without replacement) of at most ``size`` values of a stream, for Q-Q plots:
     each value gets a random key and the ``size`` smallest keys are kept (bottom-k sampling)."""
 
-    def __init__(self, size: int, seed: int):
+    def __init__(self, size: int, seed: int | list[int]):
         self.size = size
         self.values = np.empty(0, np.float32)
         self.keys = np.empty(0)
@@ -85,11 +88,11 @@ class _Reliability:
 class System:
     """One ensemble system's accumulators for all days and for heavy days."""
 
-    def __init__(self, name: str, K: int, thresholds: dict, seed: int, qq_values: int, rank: int = 0):
+    def __init__(self, name: str, K: int, thresholds: dict, seed: int, qq_values: int):
         self.name, self.K = name, K
         self.all = EnsembleScores(K, thresholds, rng_seed=seed)
         self.heavy = EnsembleScores(K, thresholds, rng_seed=seed + 1)
-        self.values = _Reservoir(qq_values, seed + 2 + 1000 * rank)
+        self.values = _Reservoir(qq_values, seed + 2)
         self.reliability = {key: _Reliability(K) for key in ("P95", "P99")}
         self.thresholds = thresholds
 
@@ -114,6 +117,95 @@ class System:
             r.merge(other.reliability[key])
 
 
+class _Scorer:
+    """Scores one batch of days for every system into fresh accumulators (the model's samples given, the baselines'
+    members built here), so batches can be scored anywhere — in this process, in a worker process
+    (``evaluate.workers``) or on another rank — and merged in batch order. Holds only picklable settings; the dataset
+    and the baselines are opened on first use in the process that scores."""
+
+    def __init__(self, data_root: str, options: EvaluateConfig, pool: list[int], oracle_path: Path | None,
+                 maps: set[int]):  # fmt: skip
+        self.data_root, self.options, self.pool, self.oracle_path, self.maps = (
+            data_root,
+            options,
+            pool,
+            oracle_path,
+            maps,
+        )
+        self._ready: tuple | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_ready": None}
+
+    def setup(self) -> tuple[PreparedData, dict, dict]:
+        """The dataset, the baselines by name and the thresholds (mm/day)."""
+        if self._ready is None:
+            data, options = PreparedData(self.data_root), self.options
+            builders: dict[str, object] = {}
+            if "analog" in options.baselines:
+                builders["analog"] = AnalogEnsemble(data, self.pool, options.K)
+            if "climatology" in options.baselines:
+                builders["climatology"] = ClimatologyEnsemble(data, self.pool, options.K, seed=options.seed)
+            if "oracle" in options.baselines and self.oracle_path is not None:
+                builders["oracle"] = OracleEnsemble(data, self.oracle_path)
+            keys = ("P95", "P99", "P99.9")
+            thresholds = {key: data.thresholds_mm[key] for key in keys if key in data.thresholds_mm}
+            self._ready = (data, builders, thresholds)
+        return self._ready
+
+    def empty(self, index: int) -> tuple[dict[str, System], _Reservoir, dict]:
+        """Fresh accumulators (Q-Q samples seeded by the batch ``index``)."""
+        data, builders, thresholds = self.setup()
+        o = self.options
+        sizes = {"model": o.K, **{name: b.K for name, b in builders.items()}}
+        systems = {name: System(name, K, thresholds, o.seed, o.qq_values) for name, K in sizes.items()}
+        for k, system in enumerate(systems.values()):
+            system.values = _Reservoir(o.qq_values, [o.seed, index + 1, k])
+        return systems, _Reservoir(o.qq_values, [o.seed, index + 1, 99]), {}
+
+    def __call__(self, index: int, days: list[int], sims: np.ndarray) -> tuple[dict[str, System], _Reservoir, dict]:
+        data, builders, _ = self.setup()
+        systems, obs_values, maps = self.empty(index)
+        for b, day in enumerate(days):
+            obs = data.target_mm(day)
+            day_mask = data.valid_mask & np.isfinite(obs)
+            heavy = data.is_heavy(day)
+            obs_values.add(obs[day_mask])
+            systems["model"].add(sims[b], obs, day_mask, heavy)
+            for name, builder in builders.items():
+                members, _ = builder.members(day)
+                systems[name].add(members, obs, day_mask, heavy)
+            if day in self.maps:
+                maps[day] = {"obs": obs, "model": sims[b][:4].copy(), "date": data.date(day)}
+        return systems, obs_values, maps
+
+
+def _merge(into: tuple, part: tuple) -> None:
+    systems, obs_values, maps = into
+    for name, system in systems.items():
+        system.merge(part[0][name])
+    obs_values.merge(part[1])
+    maps.update(part[2])
+
+
+#: A worker process's scorer (``evaluate.workers`` > 0), set once by _start_worker.
+_WORKER: _Scorer | None = None
+
+
+def _start_worker(scorer: _Scorer) -> None:
+    global _WORKER
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER = scorer
+    scorer.setup()
+
+
+def _score_in_worker(index: int, days: list[int], sims: np.ndarray) -> tuple:
+    assert _WORKER is not None
+    return _WORKER(index, days, sims)
+
+
 def run_evaluate(
     config: Config,
     options: EvaluateConfig | None = None,
@@ -124,9 +216,10 @@ def run_evaluate(
     """Evaluate on ``options.split``; write ``metrics.json``, figures and ``report.md`` into ``out_dir``
     (default ``<outputs_root>/evaluation``); ``options`` default to ``config.evaluate``. Returns the metrics dict.
 
-    Started by ``torchrun``, each process scores every N-th batch of days and rank 0 merges the scores and writes
-    (the other ranks return an empty dict). Batch b of the split draws its samples from a generator seeded by
-    ``options.seed`` and b, so the numbers do not depend on the number of processes."""
+    Batch b of the split draws its samples from a generator seeded by ``options.seed`` and b, and is scored into
+    accumulators of its own, merged in batch order, so the numbers do not depend on where batches are scored: with
+    ``options.workers`` > 0 worker processes score while this one draws, and started by ``torchrun`` each process
+    draws and scores every N-th batch and rank 0 merges and writes (the other ranks return an empty dict)."""
     options = options or config.evaluate
     if options.mode not in ("prior", "posterior"):
         raise InputError(f"--mode: must be prior or posterior, got {options.mode!r}")
@@ -140,55 +233,54 @@ def run_evaluate(
     # Analog and climatological pools: the training period for test days, the train split otherwise.
     pool = data.split["train"] + (data.split["val"] if options.split == "test" else [])
     pool = [i for i in pool if i not in set(days)]
-    thresholds = {key: data.thresholds_mm[key] for key in ("P95", "P99", "P99.9") if key in data.thresholds_mm}
-    builders: dict[str, object] = {}
-    if "analog" in options.baselines:
-        builders["analog"] = AnalogEnsemble(data, pool, options.K)
-    if "climatology" in options.baselines:
-        builders["climatology"] = ClimatologyEnsemble(data, pool, options.K, seed=options.seed)
     oracle_path = options.oracle or (data.oracle_path if options.split == "test" else None)
-    if "oracle" in options.baselines and oracle_path is not None:
-        builders["oracle"] = OracleEnsemble(data, oracle_path)
-    systems = {"model": System("model", options.K, thresholds, options.seed, options.qq_values, ctx.rank)}
-    for name, builder in builders.items():
-        systems[name] = System(name, builder.K, thresholds, options.seed, options.qq_values, ctx.rank)
-    obs_values = _Reservoir(options.qq_values, options.seed + 99 + 1000 * ctx.rank)
-    mask = data.valid_mask
     land_means = data.land_means
     heaviest = set(np.asarray(days)[np.argsort(-np.nan_to_num(land_means[days], nan=-1))[: options.maps]].tolist())
-    maps: dict[int, dict] = {}
     heavy_days = [d for d in days if data.is_heavy(d)]
+    scorer = _Scorer(str(config.data.data_root), options, pool, oracle_path, heaviest)
+    _, _, thresholds = scorer.setup()
+    merged = scorer.empty(-1)
 
     batches = [days[s : s + options.batch_size] for s in range(0, len(days), options.batch_size)]
     mine = range(ctx.rank, len(batches), ctx.world)  # this process's batches
     bar = tqdm(total=sum(len(batches[b]) for b in mine), desc=f"evaluate {options.split} (K={options.K})",
                unit="day", disable=not (progress and ctx.main))  # fmt: skip
-    for index in mine:
-        batch = batches[index]
-        rng = gen.rng(options.seed + 1_000_003 * (index + 1))
-        _, _, sims = gen.draw(batch, options.K, options.mode, options.temperature, rng)
-        for b, day in enumerate(batch):
-            obs = data.target_mm(day)
-            day_mask = mask & np.isfinite(obs)
-            heavy = data.is_heavy(day)
-            obs_values.add(obs[day_mask])
-            systems["model"].add(sims[b], obs, day_mask, heavy)
-            for name, builder in builders.items():
-                members, _ = builder.members(day)
-                systems[name].add(members, obs, day_mask, heavy)
-            if day in heaviest:
-                maps[day] = {"obs": obs, "model": sims[b][:4].copy(), "date": data.date(day)}
-        bar.update(len(batch))
+    workers = None
+    if options.workers > 0:
+        context = multiprocessing.get_context("spawn")
+        workers = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_start_worker,
+                                      initargs=(scorer,))  # fmt: skip
+    pending: deque = deque()
+    try:
+        for index in mine:
+            batch = batches[index]
+            _, _, sims = gen.draw(
+                batch, options.K, options.mode, options.temperature, gen.rng(options.seed + 1_000_003 * (index + 1))
+            )
+            if workers is None:
+                _merge(merged, scorer(index, batch, sims))
+                bar.update(len(batch))
+                continue
+            pending.append((len(batch), workers.submit(_score_in_worker, index, batch, sims)))
+            while len(pending) > 2 * options.workers or (pending and pending[0][1].done()):
+                n, future = pending.popleft()
+                _merge(merged, future.result())
+                bar.update(n)
+        while pending:
+            n, future = pending.popleft()
+            _merge(merged, future.result())
+            bar.update(n)
+    finally:
+        if workers is not None:
+            workers.shutdown(cancel_futures=True)
     bar.close()
     if ctx.active:  # rank 0 merges every rank's scores, Q-Q samples and maps, and alone writes
-        parts = ctx.gather((systems, obs_values, maps))
+        parts = ctx.gather(merged)
         if not ctx.main:
             return {}
-        for other_systems, other_values, other_maps in parts[1:]:
-            for name, system in systems.items():
-                system.merge(other_systems[name])
-            obs_values.merge(other_values)
-            maps.update(other_maps)
+        for part in parts[1:]:
+            _merge(merged, part)
+    systems, obs_values, maps = merged
 
     metrics = {
         "split": options.split,
