@@ -20,7 +20,7 @@ from precip_cvae.model import (
 )
 
 # the reference design's network at a small size; tests of the newer options set them
-SMALL = ModelConfig(d_z=8, base_filters=4, d_x=16, d_y=16, **REFERENCE["model"])
+SMALL = ModelConfig(**{**REFERENCE["model"], "d_z": 8, "base_filters": 4, "d_x": 16, "d_y": 16})
 C, S = 3, 4
 
 
