@@ -17,6 +17,11 @@ Rows (absolute numbers for information, the ratio is the figure to compare acros
   per-day files' overhead).
 - ``epoch``: one real training epoch of the demo-size generator (validation and checkpoints included) per training
   pixel-day, on twice the days and on half the grid ÷ the base dataset's (1: the cost is flat per pixel-day).
+- ``projection``: one real epoch of the default generator at the reference geometry (a synthetic benchmark of 240
+  days, 120 with --quick; validation and checkpoints included; ``train.batch_size`` 6, or ``--batch`` on a GPU)
+  scaled to the reference's run, 80 epochs over 14,500 days, in minutes ÷ issue 12's target of 10 minutes.
+- ``bf16``: on a GPU, training samples/s with bf16 autocast ÷ without, at batch 6, 32 and 128 (below 1: bf16 is
+  slower at that batch).
 - ``evaluate``: test days/s of `evaluate` at K = 16 (model, analogs, climatology, oracle) ÷ drawing the model's
   samples alone: the share of its time spent drawing (the rest is baselines and scoring).
 - ``prepare``: a random SRDRN directory at the reference geometry, 2,000 days (and 15,000 without --quick): seconds
@@ -189,6 +194,29 @@ def epoch_cost(root: Path, device: str) -> dict:
     return {"seconds": seconds, "per_pixel_day": seconds / pixel_days}
 
 
+def reference_epoch(work: Path, device: str, days: int, batch_size: int) -> dict:
+    """Seconds of one real epoch of the default generator (validation and checkpoint included) on a synthetic
+    benchmark of ``days`` days at the reference geometry, and the 80-epoch, 14,500-day run it projects to."""
+    from precip_cvae.config import load_config
+    from precip_cvae.data.dataset import PreparedData
+    from precip_cvae.data.prepare import PrepareOptions, prepare
+    from precip_cvae.data.srdrn import read_srdrn_directory
+    from precip_cvae.data.synthetic import SynthOptions, run_synth
+    from precip_cvae.train import fit
+
+    _, lr_shape, hr_shape = REFERENCE_GEOMETRY
+    run_synth(SynthOptions(days=days, hr_shape=hr_shape, lr_shape=lr_shape, oracle_members=2), work / "bench",
+              progress=False)  # fmt: skip
+    prepare(read_srdrn_directory(work / "bench"), work, PrepareOptions(progress=False))
+    overrides = [f"data.data_root={work / 'data'}", f"data.outputs_root={work / 'run'}", "train.epochs=1",
+                 f"train.device={device}", f"train.batch_size={batch_size}"]  # fmt: skip
+    config = load_config(None, overrides)
+    result = fit(config, progress=False)
+    seconds = float(result["last_row"]["seconds"])
+    train_days = len(PreparedData(work / "data").ids("train"))
+    return {"seconds": seconds, "train_days": train_days, "projected_minutes": seconds / train_days * 14_500 * 80 / 60}
+
+
 def evaluate_rate(root: Path, device: str, K: int) -> dict:
     """`evaluate` on the test days (model, analogs, climatology, oracle) in days/s, and the rate of drawing the
     model's K samples per day alone."""
@@ -218,6 +246,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where the results go")
+    parser.add_argument("--batch", type=int, default=6, help="train.batch_size of the projected epoch (6)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the training alarms of a one-epoch model are expected here
     if args.threads:
@@ -269,6 +298,18 @@ def main() -> None:
         row(f"sample, {label}: prior samples/s", s["samples_per_s"], "samples/s", None, "", False)
         row(f"sample, {label}: achieved FLOP/s", s["flops_per_sample"] * s["samples_per_s"], "FLOP/s",
             reference_rate, which, True)  # fmt: skip
+
+    if amp:  # bf16 autocast against fp32 (TF32 matmuls) at several batch sizes
+        for batch in (6, 32, 128):
+            fast = train_step_rate(load_config(None, []), REFERENCE_GEOMETRY, batch, device, True, repeats)
+            slow = train_step_rate(load_config(None, []), REFERENCE_GEOMETRY, batch, device, False, repeats)
+            row(f"train bf16, reference geometry, batch {batch}: samples/s", fast["samples_per_s"], "samples/s",
+                slow["samples_per_s"], "fp32 (TF32) at the same batch (>= 1: bf16 no slower)", False)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        r = reference_epoch(Path(tmp), str(device), 120 if args.quick else 240, args.batch)
+        row(f"projected: 80 epochs x 14,500 days, reference geometry, batch {args.batch} (from a real epoch of "
+            f"{r['train_days']} days, {r['seconds']:.0f} s)", r["projected_minutes"], "min", 10.0,
+            "issue 12's target of 10 minutes (<= 1: met)", False)  # fmt: skip
 
     from precip_cvae.data.prepare import PrepareOptions, prepare
     from precip_cvae.data.srdrn import read_srdrn_directory
