@@ -148,8 +148,9 @@ def run_sample(
     }
     with staged_directory(out_dir, overwrite=True) as root:
         writer = SampleWriter(
-            root, options.K, data.hr_shape, attributes, data.hr_lat, data.hr_lon, keep_rejected=options.keep_rejected
-        )
+            root, options.K, data.hr_shape, attributes, data.hr_lat, data.hr_lon, keep_rejected=options.keep_rejected,
+            dated=all(data.date(day) for day in ids),
+        )  # fmt: skip
         with writer:
             bar = tqdm(total=len(ids), desc=f"sample ({options.mode}, K={options.K})", unit="day", disable=not progress)
             for batch_ids, inputs, z, mm, batch_verdicts in in_order():

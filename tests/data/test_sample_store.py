@@ -22,7 +22,7 @@ def test_written_samples_read_back_and_only_accepted_ones_are_listed(tmp_path):
             z = rng.normal(size=(K, H, W)).astype(np.float32)
             mm = np.expm1(np.abs(z))
             stems = writer.add_day(
-                day, "2001-02-03" if day == 7 else None, inputs, z, mm, [{"accepted": ok} for ok in verdicts]
+                day, "2001-02-03" if day == 7 else "2001-02-08", inputs, z, mm, [{"accepted": ok} for ok in verdicts]
             )
             assert stems == [stem(day, k) if ok else None for k, ok in enumerate(verdicts)]
             written[day] = (inputs, z, mm)
@@ -37,14 +37,14 @@ def test_written_samples_read_back_and_only_accepted_ones_are_listed(tmp_path):
     ds = xr.open_dataset(tmp_path / NETCDF)
     assert ds["pr"].dims == ("realization", "time", "y", "x") and ds.attrs["sampling_mode"] == "prior"
     assert list(ds["day_id"].values) == [7, 12] and ds["accepted"].values[:, 1].tolist() == [0, 0, 1]
-    assert str(ds["time"].values[0])[:10] == "2001-02-03"
+    assert [str(t)[:10] for t in ds["time"].values] == ["2001-02-03", "2001-02-08"]
     np.testing.assert_allclose(ds["pr"].values[:, 0], written[7][2], rtol=1e-6)
     np.testing.assert_allclose(ds["lat"].values, lat)
     ds.close()
 
 
 def test_a_listed_but_missing_file_is_named(tmp_path):
-    with SampleWriter(tmp_path, 1, (2, 2), {}) as writer:
+    with SampleWriter(tmp_path, 1, (2, 2), {}, dated=False) as writer:
         writer.add_day(
             3,
             None,
@@ -61,3 +61,22 @@ def test_a_listed_but_missing_file_is_named(tmp_path):
         SampleStore(tmp_path).load(3, 0)
     assert not SampleStore(tmp_path / "nowhere").exists()
     assert (tmp_path / MANIFEST).is_file()
+
+
+def test_days_without_dates_get_no_time_coordinate(tmp_path):
+    # SRDRN arrays carry no dates: the store then has a time dimension without a coordinate (CF forbids missing
+    # values in one), the days named by day_id; a dated store refuses a day without a date
+    K, (H, W) = 2, (3, 4)
+    verdicts = [{"accepted": True}] * K
+    inputs, z = np.zeros((1, 2, 2), np.float32), np.zeros((K, H, W), np.float32)
+    (tmp_path / "undated").mkdir()
+    with SampleWriter(tmp_path / "undated", K, (H, W), {}, dated=False) as writer:
+        for day in (3, 5):
+            writer.add_day(day, None, inputs, z, z, verdicts)
+    ds = xr.open_dataset(tmp_path / "undated" / NETCDF)
+    assert "time" not in ds.variables and ds.sizes["time"] == 2 and list(ds["day_id"].values) == [3, 5]
+    ds.close()
+    (tmp_path / "dated").mkdir()
+    with SampleWriter(tmp_path / "dated", K, (H, W), {}) as writer:
+        with pytest.raises(ValueError, match="day 3 has no date"):
+            writer.add_day(3, None, inputs, z, z, verdicts)

@@ -103,10 +103,11 @@ class SampleWriter:
         lat: np.ndarray | None = None,
         lon: np.ndarray | None = None,
         keep_rejected: bool = False,
+        dated: bool = True,
     ):
         import netCDF4  # lazily: only writing a store needs it
 
-        self.root, self.K, self.keep_rejected = Path(root), int(K), keep_rejected
+        self.root, self.K, self.keep_rejected, self.dated = Path(root), int(K), keep_rejected, dated
         if keep_rejected:
             (self.root / REJECTED).mkdir(exist_ok=True)
         H, W = hr_shape
@@ -122,10 +123,11 @@ class SampleWriter:
         real = ds.createVariable("realization", "i4", ("realization",))
         real.long_name = "sample index within a day"
         real[:] = np.arange(self.K)
-        time = ds.createVariable("time", "f8", ("time",))
-        time.standard_name = "time"
-        time.units = "days since 1970-01-01"
-        time.calendar = "proleptic_gregorian"
+        if dated:  # a coordinate may not have missing values: days without dates (SRDRN arrays) get none
+            time = ds.createVariable("time", "f8", ("time",))
+            time.standard_name = "time"
+            time.units = "days since 1970-01-01"
+            time.calendar = "proleptic_gregorian"
         day = ds.createVariable("day_id", "i4", ("time",))
         day.long_name = "day id of the prepared dataset (file day_XXXXXX)"
         has_grid = lat is not None and lon is not None
@@ -185,6 +187,8 @@ class SampleWriter:
         -------
         The file stem of each accepted sample, None for a rejected one.
         """
+        if self.dated and not date:
+            raise ValueError(f"day {day} has no date, and this store has a time coordinate (dated=True)")
         accepted = [bool(v["accepted"]) for v in verdicts]
         stems: list[str | None] = []
         for k, ok in enumerate(accepted):
@@ -195,8 +199,8 @@ class SampleWriter:
                 np.save(folder / f"{name}{INPUTS_SUFFIX}", inputs.astype(np.float32))
             stems.append(name if ok else None)
         t = self.nc.dimensions["time"].size
-        days_since = (np.datetime64(date, "D") - np.datetime64("1970-01-01", "D")).astype(int) if date else np.nan
-        self.nc["time"][t] = days_since
+        if self.dated:
+            self.nc["time"][t] = (np.datetime64(date, "D") - np.datetime64("1970-01-01", "D")).astype(int)
         self.nc["day_id"][t] = day
         self.nc["pr"][:, t] = np.where(np.isfinite(mm), mm, np.nan)
         self.nc["accepted"][:, t] = [int(ok) for ok in accepted]
