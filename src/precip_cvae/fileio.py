@@ -1,11 +1,16 @@
-"""Atomic writes: a killed command leaves the old complete state or the new one, never a partial file."""
+"""Atomic writes: a killed command leaves the old complete state or the new one, never a partial file; and one
+writer per output: a second run that would write the same output refuses (:func:`output_lock`)."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
+import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from precip_cvae.errors import InputError
+from precip_cvae.errors import InputError, RunFailed
+
+logger = logging.getLogger(__name__)
+
+#: Locks this process holds, by lock file, with how many times each was taken (a stage inside another may write
+#: into the output its caller locked).
+_HELD: dict[Path, int] = {}
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -91,23 +102,85 @@ def staged_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
 
     Yields the temporary directory (a sibling of ``final``). On any exception it is removed and
     ``final`` is untouched. With ``overwrite`` an existing ``final`` is replaced only after the new
-    content is complete.
+    content is complete. Holds ``final``'s :func:`output_lock` throughout.
     """
     final = Path(final)
     if final.exists() and not overwrite:
         raise InputError(f"{final}: already exists (pass --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    with output_lock(final):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+
+
+def _alive(pid: int) -> bool:
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike) -> Iterator[Path]:
+    """Hold the lock of ``output`` (a file or directory) while the block runs: ``.<name>.lock`` beside it, created
+    exclusively, holding this process's pid, host, start time and command line.
+
+    A lock held by a live process, or by a process on another host (which cannot be checked from here), makes this
+    one refuse with :class:`RunFailed` naming the owner; a lock left by a dead process on this host (a killed run) is
+    stale and taken over. Re-entrant within a process. Yields the lock file's path.
+    """
+    output = Path(output).absolute()
+    lock = output.with_name(f".{output.name}.lock")
+    if lock in _HELD:
+        _HELD[lock] += 1
+        try:
+            yield lock
+        finally:
+            _HELD[lock] -= 1
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+          "started": datetime.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                owner = {}
+            pid, host = owner.get("pid"), owner.get("host")
+            if isinstance(pid, int) and host == me["host"] and not _alive(pid):
+                logger.warning(f"{lock}: left by process {pid}, which is gone; taking it over")
+                lock.unlink(missing_ok=True)
+                continue
+            raise RunFailed(
+                f"{output}: another run is writing here (pid {pid} on {host}, since {owner.get('started')}: "
+                f"{owner.get('command')}); wait for it to finish, or delete {lock} if it is no longer running"
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    else:  # pragma: no cover - another process took the stale lock between our two attempts
+        raise RunFailed(f"{output}: another run took over the stale lock {lock} just now")
+    _HELD[lock] = 1
+    try:
+        yield lock
+    finally:
+        del _HELD[lock]
+        lock.unlink(missing_ok=True)

@@ -3,6 +3,7 @@ checkpoints, resume and the collapse alarms."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -19,7 +20,7 @@ from precip_cvae.checkpoint import check_against, load_checkpoint, save_checkpoi
 from precip_cvae.config import HIGHER_IS_BETTER, TRAIN_LOG_COLUMNS, Config, dump_config
 from precip_cvae.data.dataset import DayDataset, PreparedData
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import write_text
+from precip_cvae.fileio import output_lock, write_text
 from precip_cvae.generator import BEST_CHECKPOINT, CHECKPOINT_DIR, build_model, select_device
 from precip_cvae.loop import Precision, TrainingDiverged  # noqa: F401  (TrainingDiverged: the API's name)
 from precip_cvae.losses import cvae_loss, kl_weight
@@ -357,6 +358,14 @@ def fit(
     trains one rank of a DDP run (:mod:`precip_cvae.distributed`) and rank 0 alone writes.
     """
     trainer = Trainer(config, progress=progress)
+    with contextlib.ExitStack() as stack:
+        if trainer.ctx.main:  # one run writes into outputs_root at a time
+            stack.enter_context(output_lock(trainer.out_dir))
+        return _fit(trainer, resume, overwrite)
+
+
+def _fit(trainer: Trainer, resume: bool, overwrite: bool) -> dict:
+    config = trainer.config
     t = config.train
     ctx = trainer.ctx
     say = logger.info if ctx.main else (lambda *args, **kwargs: None)

@@ -49,7 +49,7 @@ from precip_cvae.downstream.losses import crps_from_quantiles, density_weights, 
 from precip_cvae.downstream.srdrn import SRDRN, recalibrate_batchnorm, set_bn_momentum
 from precip_cvae.downstream.stats import paired_difference
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import save_npy, write_json
+from precip_cvae.fileio import output_lock, save_npy, write_json
 from precip_cvae.generator import select_device
 from precip_cvae.loop import Precision
 from precip_cvae.metrics import Categorical, Deterministic, Fields, Intensities, Mean, Scores
@@ -638,12 +638,17 @@ def verdict(summary: dict) -> str:
 def run_experiment(
     config: Config, options: ExperimentConfig | None = None, out_dir: str | Path | None = None, progress: bool = True
 ) -> dict:
-    """Run every (arm, seed) not yet done, then write experiment.json, experiment.md and figures into out_dir.
+    """Run every (arm, seed) not yet done, then write experiment.json, experiment.md and figures into out_dir
+    (holding its :func:`~precip_cvae.fileio.output_lock`: one experiment writes there at a time).
 
     ``options`` default to ``config.experiment``; the device is ``config.train.device``."""
-    data = PreparedData(config.data.data_root)
-    options = options or config.experiment
     out_dir = Path(out_dir) if out_dir else Path(config.data.outputs_root) / "experiment"
+    with output_lock(out_dir):
+        return _run_experiment(config, options or config.experiment, out_dir, progress)
+
+
+def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, progress: bool) -> dict:
+    data = PreparedData(config.data.data_root)
     synth_dir = options.source or str(Path(config.data.outputs_root) / "synth")
     changes = {"source": synth_dir}
     if options.epochs:  # the budget in passes over the real training days
