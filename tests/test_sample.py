@@ -62,6 +62,28 @@ def test_same_seed_same_samples(trained, tmp_path):
     a = xr.open_dataset(tmp_path / "a" / "samples.nc")["pr"].values
     b = xr.open_dataset(tmp_path / "b" / "samples.nc")["pr"].values
     np.testing.assert_array_equal(a, b)
+    files = sorted(p.name for p in (tmp_path / "a").glob("*.npy"))  # byte-identical arrays
+    assert files and files == sorted(p.name for p in (tmp_path / "b").glob("*.npy"))
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    # the manifest names what the samples came from by content: the checkpoint's bytes and the dataset's metadata
+    import hashlib
+
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    checkpoint = Path(trained.data.outputs_root) / "checkpoints" / "cvae_best.pt"
+    assert manifest["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert len(manifest["metadata_sha256"]) == 64
+    from precip_cvae.fileio import content_sha256
+
+    meta = Path(trained.data.data_root) / "metadata"
+    assert content_sha256(meta) == manifest["metadata_sha256"]
+    copy = tmp_path / "meta"
+    copy.mkdir()
+    for f in meta.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    assert content_sha256(copy) == manifest["metadata_sha256"]
+    (copy / "thresholds.json").write_text((copy / "thresholds.json").read_text() + " ")  # one byte more
+    assert content_sha256(copy) != manifest["metadata_sha256"]
 
 
 def test_posterior_samples_are_closer_to_their_day_than_prior_samples(trained, tmp_path):

@@ -22,7 +22,7 @@ from precip_cvae.baselines import AnalogEnsemble, ClimatologyEnsemble, OracleEns
 from precip_cvae.config import Config, EvaluateConfig
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import staged_directory, write_json
+from precip_cvae.fileio import content_sha256, staged_directory, write_json
 from precip_cvae.generator import Generator, select_device
 from precip_cvae.metrics import EnsembleScores
 
@@ -288,6 +288,8 @@ def run_evaluate(
         "options": {**asdict(options), "baselines": list(options.baselines)},
         "checkpoint": str(gen.path),
         "checkpoint_epoch": gen.epoch,
+        "checkpoint_sha256": content_sha256(gen.path),
+        "metadata_sha256": content_sha256(Path(data.root) / "metadata"),
         "oracle": str(oracle_path) if oracle_path else None,
         "thresholds_mm_per_day": thresholds,
         "heavy_rule": f"land mean >= P95 of training-period land means ({data.heavy_land_mean:.3f} mm/day)",

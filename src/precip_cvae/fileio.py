@@ -125,6 +125,23 @@ def staged_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
             os.replace(tmp, final)
 
 
+def content_sha256(*paths: str | os.PathLike) -> str:
+    """SHA-256 of the files' bytes, in the order given (a file's alone is what ``sha256sum`` prints); a directory
+    stands for its files, sorted by name, each preceded by its name: what a manifest records of the checkpoint and
+    the dataset it was made from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        for file in sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]:
+            if path.is_dir():
+                digest.update(file.name.encode() + b"\0")
+            with open(file, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

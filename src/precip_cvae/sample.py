@@ -19,7 +19,7 @@ from precip_cvae.config import Config
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.sample_store import SampleWriter
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import staged_directory
+from precip_cvae.fileio import content_sha256, staged_directory
 from precip_cvae.generator import Generator, select_device
 from precip_cvae.quality import Climatology, GateConfig, assess_day, summarize
 
@@ -172,6 +172,8 @@ def run_sample(
                 {
                     "checkpoint": str(gen.path),
                     "checkpoint_epoch": gen.epoch,
+                    "checkpoint_sha256": content_sha256(gen.path),
+                    "metadata_sha256": content_sha256(Path(data.root) / "metadata"),
                     "options": asdict(options),
                     "gate": asdict(gate),
                     "climatology": {"wet_band": climatology.wet_band, "record_max_mm_per_day": climatology.record_max},
