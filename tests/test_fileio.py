@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,46 @@ def test_a_second_training_run_into_the_same_outputs_refuses(prepared, tmp_path,
     assert done.returncode == 1
     assert f"another run is writing here (pid {live_pid}" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists()
+
+
+def test_a_full_disk_stops_a_stage_cleanly_and_keeps_the_previous_output(trained, tmp_path, monkeypatch, capsys):
+    # the disk fills up while `sample` writes its third file: exit 1 with what to do, the previous complete output
+    # untouched, no partial directory and no lock left behind
+    import errno
+
+    import numpy as np
+
+    from precip_cvae.cli import main
+
+    out = tmp_path / "synth"
+    config = str(Path(trained.data.outputs_root) / "config.yaml")
+    argv = [
+        "sample",
+        "--config",
+        config,
+        "--K",
+        "2",
+        "--days",
+        "split:val",
+        "--out",
+        str(out),
+        "--keep-rejected",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real_save, calls = np.save, []
+
+    def save(file, *args, **kwargs):
+        calls.append(file)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_save(file, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", save)
+    assert main([*argv, "--seed", "5"]) == 1
+    assert len(calls) == 3 and len(before) > 4
+    err = capsys.readouterr().err
+    assert "error: the disk is full while writing" in err and "free space" in err and "Traceback" not in err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]

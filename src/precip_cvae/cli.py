@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -479,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, MemoryError) as err:
         if show_traceback:
             raise
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            where = f" while writing {err.filename}" if err.filename else ""
+            print(f"precip-cvae {args.command}: error: the disk is full{where}; nothing was replaced (outputs are "
+                  "written under a temporary name first): free space, or write elsewhere", file=sys.stderr)  # fmt: skip
+            return 1
         print(f"precip-cvae {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     except RuntimeError as err:  # torch.cuda.OutOfMemoryError and the like, raised outside training
