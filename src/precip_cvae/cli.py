@@ -436,8 +436,16 @@ def _run_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option reported as every other bad input is: one line, exit status 2 (``--help`` shows
+    the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="precip-cvae",
         description="Learn p(high-res daily precipitation | coarse inputs) with a conditional VAE, generate "
         "synthetic heavy-precipitation days, and measure whether they help a downscaling network.",
