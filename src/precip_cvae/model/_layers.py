@@ -133,14 +133,13 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     phases = torch.einsum("ark,oikl,bcl->aboirc", taps, weight, taps).reshape(4 * c_out, weight.shape[1], 2, 2)
     out = F.conv2d(F.pad(x, (1, 1, 1, 1)), phases, None if bias is None else bias.repeat(4))  # (B, 4 c_out, h+1, w+1)
     B, _, h, w = x.shape
-    # phase (a, b) at (i, j) is out[..., i + a, j + b]; interleave into rows 2i + a, columns 2j + b
+    # phase (a, b) at (i, j) is out[..., i + a, j + b] and goes to row 2i + a, column 2j + b: pixel_shuffle's layout
+    # once the phases of each output channel sit together (channel 4 o + 2 a + b)
     part = [
         out[:, k * c_out : (k + 1) * c_out, a : a + h, b : b + w]
         for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))
     ]
-    even = torch.stack(part[:2], dim=-1).reshape(B, c_out, h, 2 * w)
-    odd = torch.stack(part[2:], dim=-1).reshape(B, c_out, h, 2 * w)
-    return torch.stack([even, odd], dim=-2).reshape(B, c_out, 2 * h, 2 * w)
+    return F.pixel_shuffle(torch.stack(part, dim=2).reshape(B, 4 * c_out, h, w), 2)
 
 
 def _gaussian_noise(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
