@@ -93,9 +93,19 @@ class Context:
         dist.all_gather_object(out, obj)
         return out
 
+    def mine(self, n_batches: int) -> range:
+        """The indices of this rank's batches among ``n_batches``: every N-th, from its rank."""
+        return range(self.rank, n_batches, self.world)
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch ``index`` of a pass seeded by ``seed`` (evaluation, sampling, validation): a batch's draws
+    depend on nothing else, not on the process that draws it nor on the batches drawn before it."""
+    return seed + 1_000_003 * (index + 1)
 
 
 def context(device: torch.device) -> Context:

@@ -42,16 +42,15 @@ class _Reservoir:
 
     def add(self, values: np.ndarray) -> None:
         values = values[np.isfinite(values)].astype(np.float32)
-        self.values = np.concatenate([self.values, values])
-        self.keys = np.concatenate([self.keys, self.rng.random(values.size)])
-        if self.values.size > self.size:
-            keep = np.argpartition(self.keys, self.size)[: self.size]
-            self.values, self.keys = self.values[keep], self.keys[keep]
+        self._keep_smallest(values, self.rng.random(values.size))
 
     def merge(self, other: _Reservoir) -> None:
         """The bottom-k sample of both streams (exact when their keys are independent)."""
-        self.values = np.concatenate([self.values, other.values])
-        self.keys = np.concatenate([self.keys, other.keys])
+        self._keep_smallest(other.values, other.keys)
+
+    def _keep_smallest(self, values: np.ndarray, keys: np.ndarray) -> None:
+        self.values = np.concatenate([self.values, values])
+        self.keys = np.concatenate([self.keys, keys])
         if self.values.size > self.size:
             keep = np.argpartition(self.keys, self.size)[: self.size]
             self.values, self.keys = self.values[keep], self.keys[keep]
@@ -125,13 +124,8 @@ class _Scorer:
 
     def __init__(self, data_root: str, options: EvaluateConfig, pool: list[int], oracle_path: Path | None,
                  maps: set[int]):  # fmt: skip
-        self.data_root, self.options, self.pool, self.oracle_path, self.maps = (
-            data_root,
-            options,
-            pool,
-            oracle_path,
-            maps,
-        )
+        self.data_root, self.options, self.pool = data_root, options, pool
+        self.oracle_path, self.maps = oracle_path, maps
         self._ready: tuple | None = None
 
     def __getstate__(self) -> dict:
@@ -242,7 +236,7 @@ def run_evaluate(
     merged = scorer.empty(-1)
 
     batches = [days[s : s + options.batch_size] for s in range(0, len(days), options.batch_size)]
-    mine = range(ctx.rank, len(batches), ctx.world)  # this process's batches
+    mine = ctx.mine(len(batches))
     bar = tqdm(total=sum(len(batches[b]) for b in mine), desc=f"evaluate {options.split} (K={options.K})",
                unit="day", disable=not (progress and ctx.main))  # fmt: skip
     workers = None
@@ -250,26 +244,27 @@ def run_evaluate(
         context = multiprocessing.get_context("spawn")
         workers = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_start_worker,
                                       initargs=(scorer,))  # fmt: skip
-    pending: deque = deque()
+    pending: deque = deque()  # (days, future) of the batches the workers score, oldest first
+
+    def merge_oldest() -> None:  # batches are merged in batch order
+        n, future = pending.popleft()
+        _merge(merged, future.result())
+        bar.update(n)
+
     try:
         for index in mine:
             batch = batches[index]
-            _, _, sims = gen.draw(
-                batch, options.K, options.mode, options.temperature, gen.rng(options.seed + 1_000_003 * (index + 1))
-            )
+            rng = gen.rng(distributed.batch_seed(options.seed, index))
+            _, _, sims = gen.draw(batch, options.K, options.mode, options.temperature, rng)
             if workers is None:
                 _merge(merged, scorer(index, batch, sims))
                 bar.update(len(batch))
                 continue
             pending.append((len(batch), workers.submit(_score_in_worker, index, batch, sims)))
             while len(pending) > 2 * options.workers or (pending and pending[0][1].done()):
-                n, future = pending.popleft()
-                _merge(merged, future.result())
-                bar.update(n)
+                merge_oldest()
         while pending:
-            n, future = pending.popleft()
-            _merge(merged, future.result())
-            bar.update(n)
+            merge_oldest()
     finally:
         if workers is not None:
             workers.shutdown(cancel_futures=True)

@@ -133,8 +133,9 @@ def content_sha256(*paths: str | os.PathLike) -> str:
 
     digest = hashlib.sha256()
     for path in map(Path, paths):
-        for file in sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]:
-            if path.is_dir():
+        named = path.is_dir()
+        for file in sorted(p for p in path.iterdir() if p.is_file()) if named else [path]:
+            if named:
                 digest.update(file.name.encode() + b"\0")
             with open(file, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):

@@ -117,7 +117,7 @@ def run_sample(
     def drawn(index: int) -> tuple:
         """Batch ``index``: its days, their inputs, samples (normalized and mm/day) and the gate's verdicts."""
         batch_ids = batches[index]
-        rng = gen.rng(options.seed + 1_000_003 * (index + 1))
+        rng = gen.rng(distributed.batch_seed(options.seed, index))
         inputs, z, mm = gen.draw(batch_ids, options.K, options.mode, options.temperature, rng)
         verdicts = [
             assess_day(mm[b], data.target_mm(day), land, data.categories[f"{day:06d}"], climatology, gate)

@@ -192,7 +192,7 @@ class Trainer:
         t = self.config.train
         n = len(self.val_set)
         batches = [list(range(s, min(s + t.batch_size, n))) for s in range(0, n, t.batch_size)]
-        mine = list(range(self.ctx.rank, len(batches), self.ctx.world))
+        mine = list(self.ctx.mine(len(batches)))
         loader = DataLoader(
             self.val_set, batch_sampler=[batches[b] for b in mine], num_workers=self.config.data.num_workers
         )
@@ -212,7 +212,8 @@ class Trainer:
         n_days = 0
         loss_fn = self.loss_fn(beta, training=False)
         for index, batch in zip(mine, loader, strict=True):
-            gen = torch.Generator(device=self.device).manual_seed(t.seed * 7919 + epoch + 1_000_003 * (index + 1))
+            seed = distributed.batch_seed(t.seed * 7919 + epoch, index)
+            gen = torch.Generator(device=self.device).manual_seed(seed)
             b = self.to_device(batch)
             out = self.forward(self.model, b, gen)
             terms = loss_fn(out, b)
