@@ -194,20 +194,26 @@ def epoch_cost(root: Path, device: str) -> dict:
     return {"seconds": seconds, "per_pixel_day": seconds / pixel_days}
 
 
+def prepared_benchmark(work: Path, days: int, lr_shape: tuple[int, int], hr_shape: tuple[int, int]) -> Path:
+    """A synthetic benchmark of ``days`` days at these grids, prepared under ``work``; returns its data root."""
+    from precip_cvae.data.prepare import PrepareOptions, prepare
+    from precip_cvae.data.srdrn import read_srdrn_directory
+    from precip_cvae.data.synthetic import SynthOptions, run_synth
+
+    run_synth(SynthOptions(days=days, hr_shape=hr_shape, lr_shape=lr_shape, oracle_members=2), work / "bench",
+              progress=False)  # fmt: skip
+    prepare(read_srdrn_directory(work / "bench"), work, PrepareOptions(progress=False))
+    return work / "data"
+
+
 def reference_epoch(work: Path, device: str, days: int, batch_size: int) -> dict:
     """Seconds of one real epoch of the default generator (validation and checkpoint included) on a synthetic
     benchmark of ``days`` days at the reference geometry, and the 80-epoch, 14,500-day run it projects to."""
     from precip_cvae.config import load_config
     from precip_cvae.data.dataset import PreparedData
-    from precip_cvae.data.prepare import PrepareOptions, prepare
-    from precip_cvae.data.srdrn import read_srdrn_directory
-    from precip_cvae.data.synthetic import SynthOptions, run_synth
     from precip_cvae.train import fit
 
-    _, lr_shape, hr_shape = REFERENCE_GEOMETRY
-    run_synth(SynthOptions(days=days, hr_shape=hr_shape, lr_shape=lr_shape, oracle_members=2), work / "bench",
-              progress=False)  # fmt: skip
-    prepare(read_srdrn_directory(work / "bench"), work, PrepareOptions(progress=False))
+    prepared_benchmark(work, days, REFERENCE_GEOMETRY[1], REFERENCE_GEOMETRY[2])
     overrides = [f"data.data_root={work / 'data'}", f"data.outputs_root={work / 'run'}", "train.epochs=1",
                  f"train.device={device}", f"train.batch_size={batch_size}"]  # fmt: skip
     config = load_config(None, overrides)
@@ -311,10 +317,6 @@ def main() -> None:
             f"{r['train_days']} days, {r['seconds']:.0f} s)", r["projected_minutes"], "min", 10.0,
             "issue 12's target of 10 minutes (<= 1: met)", False)  # fmt: skip
 
-    from precip_cvae.data.prepare import PrepareOptions, prepare
-    from precip_cvae.data.srdrn import read_srdrn_directory
-    from precip_cvae.data.synthetic import SynthOptions, run_synth
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         days = 150 if args.quick else 600
@@ -322,9 +324,7 @@ def main() -> None:
         sets = {"base": (days, hr, lr), "twice the days": (2 * days, hr, lr),
                 "half the grid": (days, (hr[0] // 2, hr[1] // 2), (lr[0] // 2 + 1, lr[1] // 2 + 1))}  # fmt: skip
         for name, (n_days, hr_shape, lr_shape) in sets.items():
-            run_synth(SynthOptions(days=n_days, hr_shape=hr_shape, lr_shape=lr_shape, oracle_members=2),
-                      tmp / name / "bench", progress=False)  # fmt: skip
-            prepare(read_srdrn_directory(tmp / name / "bench"), tmp / name, PrepareOptions(progress=False))
+            prepared_benchmark(tmp / name, n_days, lr_shape, hr_shape)
         r = loader_rates(tmp / "base" / "data", 16, 8 if args.quick else 30)
         row("loader, demo size: samples/s", r["loader_samples_per_s"], "samples/s", consumption,
             "the demo-size training step's consumption (> 1: no waiting)", False)  # fmt: skip
