@@ -1,5 +1,5 @@
 """A corpus of bad inputs on the command line: each one exits 2 with one line naming the key, option or file, no
-traceback, and writes nothing (issue 13 point 1; the data-file cases live with each reader's tests)."""
+traceback, and writes nothing (issue 13 point 1; the bad data files are in test_bad_data.py)."""
 
 from __future__ import annotations
 

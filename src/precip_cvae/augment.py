@@ -43,9 +43,10 @@ def run_augment(
     if per_day < 0:
         raise InputError(f"--per-day: must be >= 0, got {per_day}")
     data = PreparedData(data_root)
-    store = SampleStore(synth_dir)
+    store = SampleStore(synth_dir, data)
     samples = store.accepted()
     real_ids = data.ids("train")
+    data.check_days(real_ids)
     foreign = sorted(set(samples) - set(real_ids))
     if foreign:
         raise InputError(
@@ -116,7 +117,7 @@ class AugmentedDataset(Dataset):
     ):
         self.data = PreparedData(data_root)
         self.real = DayDataset(self.data, self.data.ids(split))
-        self.store = SampleStore(synth_dir)
+        self.store = SampleStore(synth_dir, self.data)
         available = self.store.accepted()
         self.pool = {day: ks for day, ks in available.items() if day in set(self.real.ids) and self.data.is_heavy(day)}
         self.per_heavy_day = per_heavy_day

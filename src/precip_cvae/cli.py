@@ -475,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         if show_traceback:
             raise
-        print(f"precip-cvae {args.command}: error: {err}", file=sys.stderr)
+        one_line = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"precip-cvae {args.command}: error: {one_line}", file=sys.stderr)
         return 2
     except RunFailed as err:
         if show_traceback:

@@ -227,6 +227,7 @@ def run_evaluate(
     # Analog and climatological pools: the training period for test days, the train split otherwise.
     pool = data.split["train"] + (data.split["val"] if options.split == "test" else [])
     pool = [i for i in pool if i not in set(days)]
+    data.check_days(days + pool)
     oracle_path = options.oracle or (data.oracle_path if options.split == "test" else None)
     land_means = data.land_means
     heaviest = set(np.asarray(days)[np.argsort(-np.nan_to_num(land_means[days], nan=-1))[: options.maps]].tolist())

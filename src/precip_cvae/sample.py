@@ -103,6 +103,7 @@ def run_sample(
     ctx = distributed.context(requested)
     gen = Generator.from_outputs(data, config.data.outputs_root, checkpoint, distributed.rank_device(requested, ctx))
     ids = select_days(data, options.days)
+    data.check_days(ids)
     period = data.split["train"] + data.split["val"]
     climatology = Climatology.from_days(
         data.land_wet_fraction[period],

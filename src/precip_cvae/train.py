@@ -76,6 +76,7 @@ class Trainer:
         self.val_set = DayDataset(self.data, self.data.ids("val") or self.data.ids("train")[-max(1, t.batch_size) :])
         if len(self.train_set) == 0:
             raise InputError(f"{self.data.root}: the train split is empty")
+        self.data.check_days(self.train_set.ids + self.val_set.ids)
         self.local_batch = distributed.local_batch(t.batch_size, self.ctx)
         if self.ctx.active and len(self.train_set) < t.batch_size:
             raise InputError(

@@ -357,3 +357,22 @@ def test_zarr_and_projected_grids(tmp_path, tiny_case):
         a = np.load(tmp_path / "plain" / "data" / "Y_hr" / f"day_{i:06d}.npy")
         b = np.load(tmp_path / "zarr" / "data" / "Y_hr" / f"day_{i:06d}.npy")
         np.testing.assert_allclose(a, b, rtol=1e-6, equal_nan=True)
+
+
+def test_unsorted_time_axes_are_read_in_date_order(tmp_path, tiny_case):
+    # files concatenated out of order are not refused: days are matched by date, so the prepared dataset is the
+    # one the sorted files give, byte for byte
+    nc = write_netcdf_case(tmp_path / "sorted", tiny_case)
+    _prepare_nc(nc, tmp_path / "a")
+    order = np.random.default_rng(0).permutation(40)
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    for name in ("lowres", "highres"):
+        with xr.open_dataset(nc[name]) as ds:
+            ds.load().isel(time=order).to_netcdf(shuffled / f"{name}.nc")
+    _prepare_nc({**nc, "lowres": shuffled / "lowres.nc", "highres": shuffled / "highres.nc"}, tmp_path / "b")
+    for folder in ("X_lr", "Y_hr"):
+        for i in (0, 17, 39):
+            a = (tmp_path / "a" / "data" / folder / f"day_{i:06d}.npy").read_bytes()
+            assert a == (tmp_path / "b" / "data" / folder / f"day_{i:06d}.npy").read_bytes()
+    assert _load(tmp_path / "a", "dates.json") == _load(tmp_path / "b", "dates.json")

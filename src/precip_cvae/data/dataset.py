@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,29 @@ def _load(path: Path) -> np.ndarray:
         raise InputError(f"{path}: file not found (is this a dataset written by `precip-cvae prepare`?)")
     try:
         return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise InputError(f"{path}: not a readable .npy array ({err})") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npy array ({err or 'empty file'})") from None
+
+
+def npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape in a .npy file's header, after checking that the file holds that many bytes (a cheap check of a
+    whole dataset: the data itself is not read)."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            expected = fh.tell() + int(np.prod(shape)) * dtype.itemsize
+            size = os.fstat(fh.fileno()).st_size
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found (is this a dataset written by `precip-cvae prepare`?)") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npy array ({err or 'empty file'})") from None
+    if size != expected:
+        raise InputError(f"{path}: not a readable .npy array ({size} bytes, its header promises {expected})")
+    if dtype.kind != "f":
+        raise InputError(f"{path}: values of type {dtype}, expected floating point")
+    return tuple(shape)
 
 
 class PreparedData:
@@ -66,20 +88,23 @@ class PreparedData:
         self.normalization = Normalization.load(meta)
         self.dates = read_json(meta / "dates.json")
         statics = root / "statics"
-        self.valid_mask = _load(statics / "valid_mask.npy").astype(bool)
-        land = _load(statics / "land_sea_mask.npy") > 0.5
-        self.land_mask = land & self.valid_mask
         maps, names = [], []
         for name, scale in STATIC_SCALES.items():
             path = statics / f"{name}.npy"
-            if path.is_file():
+            if path.is_file() or name in ("land_sea_mask", "valid_mask"):
                 maps.append(np.nan_to_num(_load(path).astype(np.float32)) / scale)
                 names.append(name)
+        if self.normalization.mean.shape != self.hr_shape:
+            raise InputError(
+                f"{meta}: target_log1p_mean has shape {self.normalization.mean.shape}, H_W.json says {self.hr_shape}"
+            )
+        for name, array in zip(names, maps, strict=True):
+            if array.shape != self.hr_shape:
+                raise InputError(f"{statics}/{name}.npy: shape {array.shape}, H_W.json says {self.hr_shape}")
+        self.valid_mask = maps[names.index("valid_mask")] > 0.5
+        self.land_mask = (maps[names.index("land_sea_mask")] > 0.5) & self.valid_mask
         self.statics = np.stack(maps).astype(np.float32)
         self.static_names = names
-        for name, array in (("target_log1p_mean", self.normalization.mean), ("valid_mask", self.valid_mask)):
-            if array.shape != self.hr_shape:
-                raise InputError(f"{root}: {name} has shape {array.shape}, H_W.json says {self.hr_shape}")
         self.land_means = _load(meta / "land_mean_mm_per_day.npy")
         self.land_wet_fraction = _load(meta / "land_wet_fraction.npy")
         period = np.array(self.split["train"] + self.split["val"], dtype=np.int64)
@@ -99,6 +124,20 @@ class PreparedData:
             else None
         )
         self.oracle_path = Path(oracle) if oracle else None
+
+    def check_days(self, ids: list[int]) -> None:
+        """Refuse a dataset edited by hand before any work starts: every day of ``ids`` must have its two files,
+        complete and of the shapes of H_W.json (only the headers are read)."""
+        expected = {"X_lr": (self.n_channels, *self.lr_shape), "Y_hr": (1, *self.hr_shape)}
+        for folder, shape in expected.items():
+            present = set(os.listdir(self.root / folder)) if (self.root / folder).is_dir() else set()
+            for index in ids:
+                path = self.root / folder / f"day_{index:06d}.npy"
+                if path.name not in present:
+                    raise InputError(f"{path}: file not found (the dataset lists day {index} in split.json)")
+                found = npy_shape(path)
+                if found != shape:
+                    raise InputError(f"{path}: shape {found}, expected {shape} (from H_W.json)")
 
     def threshold_z(self, threshold: str | float) -> np.ndarray:
         """Per-pixel normalized equivalent of a threshold: a key of thresholds.json ("P95") or mm/day."""

@@ -17,6 +17,8 @@ from precip_cvae.errors import InputError
 
 LAT_NAMES = ("lat", "latitude", "nav_lat", "rlat", "y", "south_north", "lat_rho")
 LON_NAMES = ("lon", "longitude", "nav_lon", "rlon", "x", "west_east", "lon_rho")
+#: Precipitation below this (mm/day) is refused rather than set to 0.
+NEGATIVE_LIMIT_MM = -1.0
 PRECIP_NAMES = ("pr", "tp", "rr", "prate", "precip", "precipitation", "prcp", "tprate", "rain", "precipitation_amount")
 
 
@@ -30,7 +32,8 @@ def open_dataset(path: str | Path) -> xr.Dataset:
             return xr.open_zarr(path)
         return xr.open_dataset(path)
     except Exception as err:  # the engines raise many types; the user needs the file name and the reason
-        raise InputError(f"{path}: cannot be opened as NetCDF/Zarr ({type(err).__name__}: {err})") from None
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise InputError(f"{path}: cannot be opened as NetCDF/Zarr ({type(err).__name__}: {reason})") from None
 
 
 def _is_precip(name: str, da: xr.DataArray) -> bool:
@@ -144,19 +147,43 @@ class Field:
         return Grid(self.where, self.shape, self.lat, self.lon)
 
     def read(self, positions: np.ndarray) -> np.ndarray:
-        """Values at the given time positions: (n, y, x) float32, precipitation in mm/day, negatives → 0."""
+        """Values at the given time positions: (n, y, x) float32, precipitation in mm/day, small negatives → 0.
+
+        Precipitation below :data:`NEGATIVE_LIMIT_MM` is refused: it is a fill value the file does not declare, or
+        a sign error, not the rounding or interpolation noise that is set to 0."""
         if positions.size and np.all(np.diff(positions) == 1):
             chunk = self.data.isel({self.data.dims[0]: slice(int(positions[0]), int(positions[-1]) + 1)})
         else:
             chunk = self.data.isel({self.data.dims[0]: positions})
-        values = np.asarray(chunk.values, dtype=np.float64)
+        try:
+            values = np.asarray(chunk.values, dtype=np.float64)
+        except (OSError, RuntimeError, ValueError, KeyError) as err:  # a damaged file, a lost Zarr chunk
+            first, last = self.days[positions[0]], self.days[positions[-1]]
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"{self.where}: cannot read days {first}..{last} ({message})") from None
         if self.factor is not None:
             values = values * self.factor
             negative = values < 0
             if negative.any():
+                low = values < NEGATIVE_LIMIT_MM
+                if low.any():
+                    at = tuple(np.argwhere(low)[0])
+                    raise InputError(
+                        f"{self.where}: {values[at]:g} mm/day on {self.days[positions[at[0]]]} at (y, x) = {at[1:]}: "
+                        f"precipitation below {NEGATIVE_LIMIT_MM:g} mm/day (an undeclared fill value? declare it "
+                        "as _FillValue or missing_value)"
+                    )
                 self.stats["min"] = min(self.stats["min"], float(values[negative].min()))
                 values[negative] = 0.0
         return values.astype(np.float32)
+
+    def first_inf(self, values: np.ndarray, positions: np.ndarray) -> None:
+        """Refuse Inf in ``values`` (read at ``positions``): NaN marks a missing value, Inf is no amount."""
+        inf = np.isinf(values)
+        if inf.any():
+            at = tuple(np.argwhere(inf)[0])
+            raise InputError(f"{self.where}: Inf on {self.days[positions[at[0]]]} at (y, x) = {at[1:]} (NaN marks a "
+                             "missing value; Inf is not an amount)")  # fmt: skip
 
 
 def _ascending(da: xr.DataArray, ydim: str, xdim: str) -> tuple[xr.DataArray, np.ndarray | None, np.ndarray | None]:
@@ -180,6 +207,8 @@ def load_field(path: Path, ds: xr.Dataset, name: str, precip_units: str | None =
     ydim, xdim = _spatial_dims(da, tdim, where)
     da = da.transpose(tdim, ydim, xdim)
     da, lat, lon = _ascending(da, ydim, xdim)
+    if da.dtype.kind not in "biuf":
+        raise InputError(f"{where}: values of type {da.dtype}, which is not a kind of number")
     units = str(da.attrs.get("units", ""))
     factor = None
     if _is_precip(name, da):
@@ -402,7 +431,8 @@ def read_netcdf(
 
     def read_target_mm(start: int, stop: int) -> np.ndarray:
         values = target.read(target_positions[start:stop])
-        return np.where(np.isfinite(values), values, np.nan).astype(np.float32)
+        target.first_inf(values, target_positions[start:stop])
+        return values
 
     found, static_notes = _statics([Path(p) for p in statics or []], target)
     notes.extend(static_notes)

@@ -14,12 +14,15 @@ Layout of a store directory (the reference's naming):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import read_json, write_json
+from precip_cvae.fileio import content_sha256, read_json, write_json
+
+if TYPE_CHECKING:
+    from precip_cvae.data.dataset import PreparedData
 
 TARGET_SUFFIX = ".Y_hr_syn.npy"
 INPUTS_SUFFIX = ".X_lr_ref.npy"
@@ -39,16 +42,29 @@ class SampleStore:
     Parameters
     ----------
     root : the store directory (default of the CLI: ``<outputs_root>/synth``)
+    data : the prepared dataset the samples are used with: the manifest must record its metadata's hash (stores
+        written before the hash was recorded are taken as they are), and loaded samples must have its shapes
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, data: PreparedData | None = None):
         self.root = Path(root)
+        self.data = data
+        self._manifest: dict[str, Any] | None = None
 
     def exists(self) -> bool:
         return (self.root / MANIFEST).is_file()
 
     def manifest(self) -> dict[str, Any]:
-        return read_json(self.root / MANIFEST)
+        if self._manifest is None:
+            manifest = read_json(self.root / MANIFEST)
+            recorded = manifest.get("metadata_sha256")
+            if self.data is not None and recorded and recorded != content_sha256(Path(self.data.root) / "metadata"):
+                raise InputError(
+                    f"{self.root}: drawn for another dataset than {self.data.root} (the metadata hash in {MANIFEST} "
+                    "differs); draw samples for this dataset with `precip-cvae sample`"
+                )
+            self._manifest = manifest
+        return self._manifest
 
     def accepted(self) -> dict[int, list[int]]:
         """Day id → indices of its accepted samples (per the manifest; every listed file must exist)."""
@@ -74,8 +90,13 @@ class SampleStore:
                 out.append(np.load(path, allow_pickle=False))
             except FileNotFoundError:
                 raise InputError(f"{path}: sample file not found") from None
-            except (ValueError, OSError) as err:
-                raise InputError(f"{path}: not a readable .npy array ({err})") from None
+            except (ValueError, OSError, EOFError) as err:
+                raise InputError(f"{path}: not a readable .npy array ({err or 'empty file'})") from None
+        if self.data is not None:
+            expected = ((self.data.n_channels, *self.data.lr_shape), (1, *self.data.hr_shape))
+            for suffix, array, shape in zip((INPUTS_SUFFIX, TARGET_SUFFIX), out, expected, strict=True):
+                if array.shape != shape:
+                    raise InputError(f"{base}{suffix}: shape {array.shape}, expected {shape} (from the dataset)")
         return out[0], out[1]
 
 

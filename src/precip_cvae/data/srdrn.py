@@ -33,22 +33,25 @@ def period_files(period: str) -> tuple[str, str]:
     return {"train": (PREDICTORS_TRAIN, OBS_TRAIN), "test": (PREDICTORS_TEST, OBS_TEST)}[period]
 
 
-def _load(path: Path, ndim: int | None = None, mmap: bool = True) -> np.ndarray:
+def _load(path: Path, ndim: int | None = None, mmap: bool = True, kinds: str = "biuf") -> np.ndarray:
+    """The array of ``path`` (memory-mapped), refused unless its dtype is of one of ``kinds`` (numbers by default)."""
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise InputError(f"{path}: not a readable .npy array ({err})") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npy array ({err or 'empty file'})") from None
+    if array.dtype.kind not in kinds:
+        raise InputError(f"{path}: values of type {array.dtype}, which is not a kind of number")
     if ndim is not None and array.ndim != ndim:
         raise InputError(f"{path}: expected {ndim} dimensions, got shape {array.shape}")
     return array
 
 
-def _optional(path: Path, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+def _optional(path: Path, shape: tuple[int, ...] | None = None, kinds: str = "biuf") -> np.ndarray | None:
     if not path.is_file():
         return None
-    array = np.asarray(_load(path, mmap=False))
+    array = np.asarray(_load(path, mmap=False, kinds=kinds))
     if shape is not None and array.shape != shape:
         raise InputError(f"{path}: expected shape {shape}, got {array.shape}")
     return array
@@ -117,7 +120,7 @@ def read_srdrn_directory(root: str | Path) -> DaySource:
     elevation = _optional(root / ELEVATION, hr_shape)
     hr_lat, hr_lon = _grid(_optional(root / HR_LAT), _optional(root / HR_LON), hr_shape, "high_res", root)
     lr_lat, lr_lon = _grid(_optional(root / LR_LAT), _optional(root / LR_LON), (h, w), "low_res", root)
-    names = _optional(root / VARIABLES)
+    names = _optional(root / VARIABLES, kinds="US")
     if names is None:
         variables = [f"channel_{c}" for c in range(n_channels)]
     elif names.shape != (n_channels,):
@@ -126,7 +129,7 @@ def read_srdrn_directory(root: str | Path) -> DaySource:
         variables = [str(v) for v in names]
 
     dates = None
-    d_train, d_test = _optional(root / DATES_TRAIN, (n_train,)), _optional(root / DATES_TEST, (n_test,))
+    d_train, d_test = (_optional(root / DATES_TRAIN, (n_train,), "MUS"), _optional(root / DATES_TEST, (n_test,), "MUS"))
     if d_train is not None and d_test is not None:
         dates = np.concatenate([d_train, d_test]).astype("datetime64[D]")
 
@@ -142,16 +145,18 @@ def read_srdrn_directory(root: str | Path) -> DaySource:
 
     def read_predictors(start: int, stop: int) -> np.ndarray:
         chunk = take(PREDICTORS_TRAIN, PREDICTORS_TEST, start, stop).astype(np.float32)
-        bad = ~np.isfinite(chunk)
+        refuse(~np.isfinite(chunk), start, PREDICTORS_TRAIN, PREDICTORS_TEST, "NaN or Inf in predictors")
+        return np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))
+
+    def refuse(bad: np.ndarray, start: int, train: str, test: str, what: str, why: str = "") -> None:
         if bad.any():
             day = start + int(np.argwhere(bad)[0][0])
-            name = PREDICTORS_TRAIN if day < n_train else PREDICTORS_TEST
-            index = day if day < n_train else day - n_train
-            raise InputError(f"{root}/{name}: NaN or Inf in predictors at day index {index}")
-        return np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))
+            name, index = (train, day) if day < n_train else (test, day - n_train)
+            raise InputError(f"{root}/{name}: {what} at day index {index}{why}")
 
     def read_target_normalized(start: int, stop: int) -> np.ndarray:
         z = take(OBS_TRAIN, OBS_TEST, start, stop).astype(np.float32)
+        refuse(np.isinf(z), start, OBS_TRAIN, OBS_TEST, "Inf in the target", " (NaN marks a missing value)")
         if land_mask is not None:
             z[:, ~land_mask] = np.nan
         return z

@@ -655,7 +655,8 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
         changes["steps"] = options.epochs * math.ceil(len(data.ids("train")) / options.batch_size)
     options = replace(options, **changes)
     device = select_device(config.train.device)
-    examples = Examples(data, SampleStore(synth_dir))
+    data.check_days([i for split in ("train", "val", "test") for i in data.ids(split)])
+    examples = Examples(data, SampleStore(synth_dir, data))
     plans = plan_arms(data, options, examples)
     runs_dir = out_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -732,7 +733,7 @@ _WORKER: dict = {}
 def _start_worker(config: Config, options: ExperimentConfig, device: str, threads: int) -> None:
     torch.set_num_threads(threads)
     data = PreparedData(config.data.data_root)
-    examples = Examples(data, SampleStore(options.source))
+    examples = Examples(data, SampleStore(options.source, data))
     plans = plan_arms(data, options, examples)
     _WORKER.update(config=config, options=options, device=torch.device(device), data=data, examples=examples,
                    plans=plans)  # fmt: skip
