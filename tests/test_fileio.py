@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -9,10 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from precip_cvae.errors import RunFailed
-from precip_cvae.fileio import output_lock, staged_directory
+from precip_cvae.fileio import UNWRITTEN_LOCK_S, create_npy, full_disk_as_enospc, output_lock, staged_directory
 from tests.cases import TINY_MODEL
 
 
@@ -60,6 +62,72 @@ def test_a_dead_owners_lock_is_taken_over_and_every_lock_is_released(tmp_path):
         with output_lock(out):
             raise ValueError("a failed run")
     assert not lock.exists()
+
+
+def test_an_empty_lock_is_taken_over_only_once_it_is_old(tmp_path):
+    # a run killed between creating its lock and writing its pid leaves an empty file: refused while it could be a
+    # live run about to write, taken over after UNWRITTEN_LOCK_S
+    out = tmp_path / "synth"
+    lock = out.with_name(".synth.lock")
+    lock.touch()
+    with pytest.raises(RunFailed, match="another run is writing here"):
+        with output_lock(out):
+            pass
+    old = lock.stat().st_mtime - UNWRITTEN_LOCK_S - 1
+    os.utime(lock, (old, old))
+    with output_lock(out):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+def test_a_lock_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", full)
+    with pytest.raises(OSError, match="No space"):
+        with output_lock(tmp_path / "synth"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_on_a_full_disk_becomes_enospc(tmp_path, monkeypatch):
+    # torch.save and netCDF4 report a full disk as RuntimeError with no errno: it is turned into ENOSPC when the
+    # filesystem is full, and left as it is otherwise
+    class Stat:
+        f_frsize = 4096
+        f_bavail = 3
+
+    with pytest.raises(RuntimeError, match="iostream"):
+        with full_disk_as_enospc(tmp_path):
+            raise RuntimeError("basic_ios::clear: iostream error")
+    monkeypatch.setattr(os, "statvfs", lambda path: Stat())
+    with pytest.raises(OSError) as caught:
+        with full_disk_as_enospc(tmp_path):
+            raise RuntimeError("basic_ios::clear: iostream error")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path)
+    with pytest.raises(KeyError):  # not what a writer raises: a bug is not reported as a full disk
+        with full_disk_as_enospc(tmp_path):
+            raise KeyError("x")
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate on this system")
+def test_a_memory_mapped_array_gets_its_blocks_before_it_is_written(tmp_path, monkeypatch):
+    # a write through a memory map into a sparse file on a full disk is a SIGBUS; create_npy allocates first
+    path = tmp_path / "a.npy"
+    array = create_npy(path, (3, 4))
+    array[:] = 1.5
+    del array
+    assert np.load(path).tolist() == [[1.5] * 4] * 3
+    assert os.stat(path).st_blocks * 512 >= os.stat(path).st_size
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError) as caught:
+        create_npy(tmp_path / "b.npy", (3, 4))
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "b.npy")
 
 
 def test_a_second_training_run_into_the_same_outputs_refuses(prepared, tmp_path, live_pid):

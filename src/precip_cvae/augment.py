@@ -16,7 +16,7 @@ from precip_cvae.data.dataset import DayDataset, PreparedData
 from precip_cvae.data.sample_store import SampleStore
 from precip_cvae.data.srdrn import AUGMENTED_OBS, AUGMENTED_PREDICTORS
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import staged_directory, write_json, write_text
+from precip_cvae.fileio import create_npy, staged_directory, write_json, write_text
 
 
 def srdrn_target(z: np.ndarray, data: PreparedData) -> np.ndarray:
@@ -63,8 +63,8 @@ def run_augment(
     if synthetic_weight is not None:
         weights[len(real_ids) :] = synthetic_weight
     with staged_directory(out_dir, overwrite=overwrite) as root:
-        x = np.lib.format.open_memmap(root / AUGMENTED_PREDICTORS, "w+", np.float32, (n, h, w, C))
-        y = np.lib.format.open_memmap(root / AUGMENTED_OBS, "w+", np.float32, (n, H, W))
+        x = create_npy(root / AUGMENTED_PREDICTORS, (n, h, w, C))
+        y = create_npy(root / AUGMENTED_OBS, (n, H, W))
         for row in tqdm(range(n), desc="augment", unit="row", disable=not progress):
             if row < len(real_ids):
                 day, k, source = real_ids[row], "", "real"

@@ -25,6 +25,7 @@ from precip_cvae import __version__
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.normalize import Normalization
 from precip_cvae.errors import InputError
+from precip_cvae.fileio import full_disk_as_enospc
 
 #: Keys every checkpoint must have.
 REQUIRED = ("model_state_dict", "epoch", "config")
@@ -37,7 +38,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(state, tmp)
+        with full_disk_as_enospc(path.parent):
+            torch.save(state, tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

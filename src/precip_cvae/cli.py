@@ -494,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"precip-cvae {args.command}: error: the disk is full{where}; nothing was replaced (outputs are "
                   "written under a temporary name first): free space, or write elsewhere", file=sys.stderr)  # fmt: skip
             return 1
+        if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            print(f"precip-cvae {args.command}: error: cannot write {err.filename}: {err.strerror}; write elsewhere "
+                  "(--out, --output_dir or data.outputs_root) or change the permissions", file=sys.stderr)  # fmt: skip
+            return 1
         print(f"precip-cvae {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     except RuntimeError as err:  # torch.cuda.OutOfMemoryError and the like, raised outside training

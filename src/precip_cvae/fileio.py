@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,28 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def create_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype=np.float32) -> np.memmap:
+    """A new .npy file of ``shape`` as a writable memory map, with its blocks allocated first.
+
+    A memory map writes into a sparse file; on a full disk the kernel can only signal the failed page with SIGBUS,
+    which kills the process without a word. Allocating the blocks up front turns that into ENOSPC here.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                del array
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        finally:
+            os.close(fd)
+    return array
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -96,6 +120,31 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
+#: A filesystem with less free space than this after a failed write is taken to be full.
+FULL_DISK_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def full_disk_as_enospc(where: str | os.PathLike) -> Iterator[None]:
+    """Turn a write that failed because the disk holding ``where`` filled up into ``OSError(ENOSPC)``.
+
+    NumPy and Python report a full disk as ENOSPC, but torch.save (C++ streams) and netCDF4 (HDF5) raise a
+    RuntimeError without an errno; the command line reports ENOSPC as a full disk and exits 1.
+    """
+    try:
+        yield
+    except (RuntimeError, OSError) as err:  # what the C and C++ writers raise; other errors are not the disk's
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise
+        try:
+            stat = os.statvfs(where)
+        except OSError:
+            raise err from None
+        if stat.f_bavail * stat.f_frsize >= FULL_DISK_BYTES:
+            raise
+        raise OSError(errno.ENOSPC, f"No space left on device ({type(err).__name__})", str(where)) from err
+
+
 @contextlib.contextmanager
 def staged_directory(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it to ``final`` only on success.
@@ -111,7 +160,8 @@ def staged_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     with output_lock(final):
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
         try:
-            yield tmp
+            with full_disk_as_enospc(tmp):
+                yield tmp
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -141,6 +191,17 @@ def content_sha256(*paths: str | os.PathLike) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()
+
+
+#: A lock file still empty after this many seconds was left by a run killed between creating and writing it.
+UNWRITTEN_LOCK_S = 10.0
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _alive(pid: int) -> bool:
@@ -187,12 +248,21 @@ def output_lock(output: str | os.PathLike) -> Iterator[Path]:
                 logger.warning(f"{lock}: left by process {pid}, which is gone; taking it over")
                 lock.unlink(missing_ok=True)
                 continue
+            if not isinstance(pid, int) and _age_s(lock) > UNWRITTEN_LOCK_S:
+                # created but never written: its owner was killed in between (a live one writes at once)
+                logger.warning(f"{lock}: empty and {_age_s(lock):.0f} s old, left by a killed run; taking it over")
+                lock.unlink(missing_ok=True)
+                continue
             raise RunFailed(
                 f"{output}: another run is writing here (pid {pid} on {host}, since {owner.get('started')}: "
                 f"{owner.get('command')}); wait for it to finish, or delete {lock} if it is no longer running"
             ) from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+        except BaseException:  # a full disk: no lock file is left behind
+            lock.unlink(missing_ok=True)
+            raise
         break
     else:  # pragma: no cover - another process took the stale lock between our two attempts
         raise RunFailed(f"{output}: another run took over the stale lock {lock} just now")

@@ -45,7 +45,7 @@ from precip_cvae.data import srdrn
 from precip_cvae.data.normalize import PREDICTOR_STD_FLOOR, finalize_target_stats, target_to_normalized
 from precip_cvae.data.source import ORACLE_FILE
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import save_npy, staged_directory, write_json, write_text
+from precip_cvae.fileio import create_npy, save_npy, staged_directory, write_json, write_text
 
 if TYPE_CHECKING:
     import netCDF4
@@ -649,8 +649,7 @@ def _chunks(start: int, stop: int, chunk_days: int, progress: bool, desc: str) -
 
 def _create_npy(path: Path, shape: tuple[int, ...]) -> None:
     """Create a float32 .npy file of ``shape`` (contents filled in later by :func:`_write_rows`)."""
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-    del arr
+    create_npy(path, shape)  # the map is closed when dropped
 
 
 def _write_rows(path: Path, first: int, rows: np.ndarray) -> None:
