@@ -120,6 +120,31 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
+def _recover(final: Path) -> None:
+    """Clean up after a run killed while writing ``final`` (called holding its lock, so no live run owns these):
+    staging directories are removed, and an output moved aside for its replacement is put back if the kill came
+    between the two renames."""
+    for partial in final.parent.glob(f".{final.name}.*.partial"):
+        logger.info(f"{partial}: left by a killed run; removed")
+        shutil.rmtree(partial, ignore_errors=True)
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            logger.warning(f"{final}: its replacement was interrupted; the previous output is back")
+            os.replace(old, final)
+
+
+def remove_temporaries(*directories: str | os.PathLike) -> None:
+    """Remove the temporary files (``.<name>.*.tmp``) a killed run left in ``directories``: call it holding the
+    lock of the output they belong to."""
+    for directory in map(Path, directories):
+        for tmp in directory.glob(".*.tmp") if directory.is_dir() else []:
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+
+
 #: A filesystem with less free space than this after a failed write is taken to be full.
 FULL_DISK_BYTES = 1 << 20
 
@@ -158,6 +183,7 @@ def staged_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
         raise InputError(f"{final}: already exists (pass --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(final):
+        _recover(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
         try:
             with full_disk_as_enospc(tmp):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import matplotlib
@@ -14,9 +15,17 @@ import numpy as np  # noqa: E402
 COLORS = {"obs": "black", "model": "tab:red", "analog": "tab:blue", "climatology": "tab:gray", "oracle": "tab:green"}
 
 
-def _save(fig, path: Path) -> str:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+def save_figure(fig, path: Path) -> str:
+    """Save ``fig`` as ``path`` (format from its suffix) through a temporary file and a rename, close it, and
+    return the file name (what reports link to)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path.name
 
 
@@ -44,7 +53,7 @@ def heaviest_days(path: Path, maps: dict, valid: np.ndarray) -> str:
         fields = [maps[day]["obs"], *maps[day]["model"]]
         titles = [f"observed {maps[day]['date'] or day}"] + [f"sample {k}" for k in range(1, len(fields))]
         _field_row(fig, axes[row, : len(fields)], fields, titles, valid)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def side_by_side(path: Path, fields: dict[str, np.ndarray], valid: np.ndarray, title: str) -> str:
@@ -52,7 +61,7 @@ def side_by_side(path: Path, fields: dict[str, np.ndarray], valid: np.ndarray, t
     fig, axes = plt.subplots(1, len(fields), figsize=(2.3 * len(fields) + 1, 2.6), squeeze=False)
     _field_row(fig, axes[0], list(fields.values()), list(fields), valid)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def rank_histograms(path: Path, metrics: dict) -> str:
@@ -66,7 +75,7 @@ def rank_histograms(path: Path, metrics: dict) -> str:
         ax.set_title(f"{name} (K={s['K']})", fontsize=9)
         ax.set_xlabel("rank of the observation")
     axes[0, 0].set_ylabel("frequency / flat")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def quantile_quantile(path: Path, values: dict, obs: np.ndarray) -> str:
@@ -83,7 +92,7 @@ def quantile_quantile(path: Path, values: dict, obs: np.ndarray) -> str:
     ax.set_ylabel("simulated quantile (mm/day)")
     ax.set_title("Q-Q of pixel intensities, 50th to 99.99th percentile", fontsize=9)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def spectra(path: Path, metrics: dict) -> str:
@@ -97,7 +106,7 @@ def spectra(path: Path, metrics: dict) -> str:
     ax.set_ylabel("power")
     ax.set_title("radially averaged power spectrum", fontsize=9)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability(path: Path, metrics: dict) -> str:
@@ -113,7 +122,7 @@ def reliability(path: Path, metrics: dict) -> str:
         ax.set_xlabel("forecast probability")
     axes[0].set_ylabel("observed frequency")
     axes[0].legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(path: Path, log_path: Path) -> str | None:
@@ -134,7 +143,7 @@ def training_curves(path: Path, log_path: Path) -> str | None:
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("mm/day")
     axes[1].legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def evaluation_figures(

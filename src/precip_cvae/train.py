@@ -20,7 +20,7 @@ from precip_cvae.checkpoint import check_against, load_checkpoint, save_checkpoi
 from precip_cvae.config import HIGHER_IS_BETTER, TRAIN_LOG_COLUMNS, Config, dump_config
 from precip_cvae.data.dataset import DayDataset, PreparedData
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import output_lock, write_text
+from precip_cvae.fileio import output_lock, remove_temporaries, write_text
 from precip_cvae.generator import BEST_CHECKPOINT, CHECKPOINT_DIR, build_model, select_device
 from precip_cvae.loop import Precision, TrainingDiverged  # noqa: F401  (TrainingDiverged: the API's name)
 from precip_cvae.losses import cvae_loss, kl_weight
@@ -394,8 +394,7 @@ def _fit(trainer: Trainer, resume: bool, overwrite: bool) -> dict:
     board = None
     if ctx.main:
         trainer.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale_tmp in trainer.ckpt_dir.glob(".cvae_*.tmp"):  # left by a run killed while saving
-            stale_tmp.unlink(missing_ok=True)
+        remove_temporaries(trainer.out_dir, trainer.ckpt_dir, trainer.log_path.parent)  # left by a killed run
         write_text(trainer.out_dir / "config.yaml", dump_config(config))
         board = _tensorboard(trainer) if t.tensorboard else None
         if start_epoch == 0:  # a fresh start: nothing of an overwritten run may pass for this one's

@@ -49,7 +49,7 @@ from precip_cvae.downstream.losses import crps_from_quantiles, density_weights, 
 from precip_cvae.downstream.srdrn import SRDRN, recalibrate_batchnorm, set_bn_momentum
 from precip_cvae.downstream.stats import paired_difference
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import output_lock, save_npy, write_json
+from precip_cvae.fileio import output_lock, remove_temporaries, save_npy, write_json
 from precip_cvae.generator import select_device
 from precip_cvae.loop import Precision
 from precip_cvae.metrics import Categorical, Deterministic, Fields, Intensities, Mean, Scores
@@ -660,6 +660,7 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
     plans = plan_arms(data, options, examples)
     runs_dir = out_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out_dir, runs_dir)  # left by a killed run
     skipped = {arm: why for arm, why in plans.items() if isinstance(why, str)}
     runs = [(arm, s) for arm, p in plans.items() if isinstance(p, ArmPlan) for s in range(options.seeds)]
     todo = [(arm, s) for arm, s in runs if not run_path(runs_dir, arm, s).is_file()]

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from precip_cvae.fileio import write_text  # noqa: E402
-from precip_cvae.plot import side_by_side  # noqa: E402
+from precip_cvae.plot import save_figure, side_by_side  # noqa: E402
 
 TABLE_METRICS = ("MAE_tail", "MAE_all", "RMSE_all", "quantile_bias_P99", "quantile_bias_P99.9", "CSI_P95", "SEDI_P99",
                  "CRPS_q")  # fmt: skip
@@ -35,9 +35,7 @@ def bar_chart(path: Path, summary: dict, metric: str, subset: str) -> str:
     ax.set_ylabel(f"{metric} (mm/day)" if "CSI" not in metric and "SEDI" not in metric else metric)
     ax.set_title(f"{metric}, {subset} test days (mean and 95 % interval over seeds)", fontsize=9)
     ax.tick_params(axis="x", rotation=30)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, path)
 
 
 def qq_chart(path: Path, qq: dict, which: str = "heavy test days") -> str | None:
@@ -56,9 +54,7 @@ def qq_chart(path: Path, qq: dict, which: str = "heavy test days") -> str | None
     ax.set_ylabel("predicted quantile (mm/day)")
     ax.set_title(f"Q-Q of intensities on {which}, 50th to 99.99th percentile", fontsize=9)
     ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, path)
 
 
 def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = None) -> None:
