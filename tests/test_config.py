@@ -108,3 +108,13 @@ def test_the_reference_preset_is_the_reference_design():
     assert (ref.loss.beta_kl, ref.loss.crps_weight, ref.model.d_z) == (0.5, 0.0, 64)
     with pytest.raises(InputError, match="referenc: config file not found"):
         load_config("referenc")
+
+
+def test_exponent_notation_without_a_point_is_a_float():
+    # YAML 1.1 (PyYAML) reads 1e-3 as a string; a learning rate is often written so
+    config = load_config(None, ["train.lr=1e-3", "loss.beta_kl=2E-4", "train.grad_clip=+1e0"])
+    assert (config.train.lr, config.loss.beta_kl, config.train.grad_clip) == (0.001, 0.0002, 1.0)
+    with pytest.raises(InputError, match="train.lr: expected float, got '1e-3x'"):
+        load_config(None, ["train.lr=1e-3x"])
+    with pytest.raises(InputError, match="train.epochs"):  # an int is not given in exponent notation
+        load_config(None, ["train.epochs=1e3"])

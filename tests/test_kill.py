@@ -26,15 +26,15 @@ from tests.cases import TINY_MODEL
 
 #: Files whose bytes name the output directory or the time of the run: compared after replacing the directory.
 TEXT = (".md", ".yaml", ".txt")
-#: Keys of JSON files that hold a duration.
-TIMINGS = {"seconds", "elapsed_s", "wall_s", "duration_s", "train_seconds"}
+#: Keys of JSON and CSV files that may differ between two good runs: durations, and whether --overwrite was given.
+TIMINGS = {"seconds", "elapsed_s", "wall_s", "duration_s", "train_seconds", "overwrite"}
 
 
 @dataclass
 class Stage:
     argv: list[str]  # "{out}" stands for the output
     rerun: list[str]  # added when the command is run again after a kill
-    output: str = "out"  # the output, relative to the trial's directory
+    output: str = "out"  # the output, relative to the trial's directory ("{out}" is always "out")
 
 
 def _stages(prepared: Path, trained) -> dict[str, Stage]:
@@ -45,7 +45,7 @@ def _stages(prepared: Path, trained) -> dict[str, Stage]:
         "synth": Stage(["synth", "--out", "{out}", "--days", "60", "--hr-shape", "24", "20", "--lr-shape", "4", "3",
                         "--oracle-members", "2", "--format", "netcdf"], ["--overwrite"]),
         "prepare": Stage(["prepare", "--input_dir", str(prepared.parent / "bench"), "--output_dir", "{out}"],
-                         ["--overwrite"]),
+                         ["--overwrite"], output="out/data"),
         "train": Stage(["train", f"data.data_root={prepared}", "data.outputs_root={out}", *TINY_MODEL,
                         "train.epochs=4", "train.save_every=1"], ["--resume"]),
         "sample": Stage(["sample", *cfg, *ckpt, "--K", "3", "--days", "split:train", "--out", "{out}",
@@ -61,13 +61,14 @@ def _stages(prepared: Path, trained) -> dict[str, Stage]:
 
 
 def _command(stage: Stage, root: Path, *extra: str) -> list[str]:
-    out = str(root / stage.output)
+    out = str(root / "out")
     argv = [a.replace("{out}", out) for a in stage.argv]
     return [sys.executable, "-m", "precip_cvae", *argv, *extra, "--quiet"]
 
 
 def _lock(root: Path, stage: Stage) -> Path:
-    return root / f".{stage.output}.lock"
+    output = root / stage.output
+    return output.with_name(f".{output.name}.lock")
 
 
 def _run(argv: list[str]) -> None:
@@ -76,15 +77,18 @@ def _run(argv: list[str]) -> None:
 
 
 def _writing_phase_s(stage: Stage, root: Path) -> float:
-    """Run uninterrupted; seconds from the moment its lock appears (it starts writing) to its exit."""
+    """Run uninterrupted; seconds its lock is held (from its first write to the rename of its output)."""
     process = subprocess.Popen(_command(stage, root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = _lock(root, stage)
     while not lock.exists() and process.poll() is None:
-        time.sleep(0.002)
+        time.sleep(0.001)
     started = time.monotonic()
+    while lock.exists() and process.poll() is None:
+        time.sleep(0.001)
+    held = time.monotonic() - started
     _, err = process.communicate()
     assert process.returncode == 0, err
-    return time.monotonic() - started
+    return held
 
 
 def _kill_while_writing(stage: Stage, root: Path, delay_s: float) -> bool:
@@ -92,7 +96,7 @@ def _kill_while_writing(stage: Stage, root: Path, delay_s: float) -> bool:
     process = subprocess.Popen(_command(stage, root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = _lock(root, stage)
     while not lock.exists() and process.poll() is None:
-        time.sleep(0.002)
+        time.sleep(0.001)
     time.sleep(delay_s)
     killed = process.poll() is None
     process.send_signal(signal.SIGKILL)
@@ -150,12 +154,13 @@ def kill_trials(stage_name: str, stage: Stage, tmp: Path, trials: int, seed: int
     phase = _writing_phase_s(stage, reference_root)
     reference = contents(reference_root / stage.output, reference_root)
     rng = np.random.default_rng(seed)
-    tally = {"killed": 0, "output complete after the kill": 0}
+    tally = {"killed": 0, "mid-write (temporary files left)": 0, "output complete after the kill": 0}
     for trial in range(trials):
         root = tmp / f"trial{trial}"
         root.mkdir()
         killed = _kill_while_writing(stage, root, float(rng.uniform(0.0, phase)))
         tally["killed"] += killed
+        tally["mid-write (temporary files left)"] += any(not p.endswith(".lock") for p in _debris(root))
         out = root / stage.output
         if stage_name not in ("train", "experiment") and out.exists():  # staged outputs: all or nothing
             assert contents(out, root) == reference, f"{stage_name} trial {trial}: an incomplete output"

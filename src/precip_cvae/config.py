@@ -13,6 +13,7 @@ reference design is one config away: the shipped preset ``reference`` (``--confi
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -311,6 +312,10 @@ _MEMBER_CHOICES = {
 }
 
 
+#: A number in exponent notation without a decimal point, which YAML 1.1 (PyYAML) leaves a string: 1e-3, -2E5.
+_EXPONENT = re.compile(r"[-+]?\d+[eE][-+]?\d+")
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against the field's type; ints are accepted where floats are expected."""
     hint = annotation
@@ -340,6 +345,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as a string
             return float(value)
     elif hint is str:
         if isinstance(value, str):
