@@ -462,6 +462,15 @@ def _(b):
     return b.stage("augment", "--source", str(store)), "synth: drawn for another dataset"
 
 
+@case("sample store naming a path for a day")
+def _(b):
+    store = b.store()
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["samples"][0]["day"] = "../../etc/passwd"
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    return b.stage("augment", "--source", str(store)), "day and sample must be whole numbers >= 0, got '../../etc"
+
+
 @case("oracle file of the wrong shape")
 def _(b):
     path = b.tmp / "oracle_test.npy"

@@ -69,10 +69,21 @@ class SampleStore:
     def accepted(self) -> dict[int, list[int]]:
         """Day id → indices of its accepted samples (per the manifest; every listed file must exist)."""
         found: dict[int, list[int]] = {}
-        for record in self.manifest()["samples"]:
-            if not record["accepted"]:
+        records = self.manifest().get("samples")
+        if not isinstance(records, list):
+            raise InputError(f"{self.root / MANIFEST}: no list of samples")
+        for record in records:
+            try:
+                accepted, day, k = bool(record["accepted"]), record["day"], record["sample"]
+            except (KeyError, TypeError):
+                raise InputError(f"{self.root / MANIFEST}: a sample record without day, sample and accepted: "
+                                 f"{str(record)[:80]}") from None  # fmt: skip
+            if not (isinstance(day, int) and isinstance(k, int)) or day < 0 or k < 0:  # file names are built from them
+                raise InputError(
+                    f"{self.root / MANIFEST}: day and sample must be whole numbers >= 0, got {day!r}, {k!r}"
+                )
+            if not accepted:
                 continue
-            day, k = int(record["day"]), int(record["sample"])
             for suffix in (TARGET_SUFFIX, INPUTS_SUFFIX):
                 path = self.root / f"{stem(day, k)}{suffix}"
                 if not path.is_file():
