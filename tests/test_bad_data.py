@@ -99,6 +99,23 @@ def _set(name: str, day: int, where: tuple, value: float) -> Callable[[dict], No
     return edit
 
 
+def _array(name: str, change: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+    """An edit of an SRDRN directory: file ``name`` replaced by ``change`` of its array."""
+
+    def edit(root: Path) -> None:
+        np.save(root / name, change(np.load(root / name)))
+
+    return edit
+
+
+def _setting(index: tuple, value: float) -> Callable[[np.ndarray], np.ndarray]:
+    def change(array: np.ndarray) -> np.ndarray:
+        array[index] = value
+        return array
+
+    return change
+
+
 def _first_day_file(root: Path, folder: str) -> Path:
     return sorted((root / folder).glob("day_*.npy"))[0]
 
@@ -271,59 +288,39 @@ def _(b):
 
 @case("SRDRN predictors of 3 dimensions")
 def _(b):
-    def edit(root):
-        x = np.load(root / "predictors_test_mean_std_separate.npy")
-        np.save(root / "predictors_test_mean_std_separate.npy", x[..., 0])
-
+    edit = _array("predictors_test_mean_std_separate.npy", lambda x: x[..., 0])
     return b.srdrn(edit), "predictors_test_mean_std_separate.npy: expected 4 dimensions"
 
 
 @case("SRDRN complex predictors")
 def _(b):
-    def edit(root):
-        x = np.load(root / "predictors_train_mean_std_separate.npy")
-        np.save(root / "predictors_train_mean_std_separate.npy", x.astype(np.complex64))
-
+    edit = _array("predictors_train_mean_std_separate.npy", lambda x: x.astype(np.complex64))
     return b.srdrn(edit), "predictors_train_mean_std_separate.npy: values of type complex64"
 
 
 @case("SRDRN NaN predictor")
 def _(b):
-    def edit(root):
-        x = np.load(root / "predictors_test_mean_std_separate.npy")
-        x[4, 0, 0, 1] = np.nan
-        np.save(root / "predictors_test_mean_std_separate.npy", x)
-
+    edit = _array("predictors_test_mean_std_separate.npy", _setting((4, 0, 0, 1), np.nan))
     return b.srdrn(edit), "predictors_test_mean_std_separate.npy: NaN or Inf in predictors at day index 4"
 
 
 @case("SRDRN Inf target")
 def _(b):
-    def edit(root):
-        z = np.load(root / "obs_train_mean_std_single.npy")
-        z[6, 3, 3] = np.inf
-        np.save(root / "obs_train_mean_std_single.npy", z)
-
-    return b.srdrn(edit), "obs_train_mean_std_single.npy: Inf in the target at day index 6"
+    return b.srdrn(
+        _array("obs_train_mean_std_single.npy", _setting((6, 3, 3), np.inf))
+    ), "obs_train_mean_std_single.npy: Inf in the target at day index 6"
 
 
 @case("SRDRN day counts differ")
 def _(b):
-    def edit(root):
-        z = np.load(root / "obs_train_mean_std_single.npy")
-        np.save(root / "obs_train_mean_std_single.npy", z[:29])
-
-    return b.srdrn(edit), "obs_train_mean_std_single.npy has 29"
+    return b.srdrn(_array("obs_train_mean_std_single.npy", lambda z: z[:29])), "obs_train_mean_std_single.npy has 29"
 
 
 @case("SRDRN zero std")
 def _(b):
-    def edit(root):
-        s = np.load(root / "ERA5_std_train.npy")
-        s[2, 2] = 0.0
-        np.save(root / "ERA5_std_train.npy", s)
-
-    return b.srdrn(edit), "ERA5_std_train.npy: statistics must be finite with std > 0"
+    return b.srdrn(
+        _array("ERA5_std_train.npy", _setting((2, 2), 0.0))
+    ), "ERA5_std_train.npy: statistics must be finite with std > 0"
 
 
 @case("SRDRN land mask of another shape")
