@@ -427,11 +427,13 @@ def _fit(trainer: Trainer, resume: bool, overwrite: bool) -> dict:
                 config=config.to_dict(), data=trainer.data, best_value=best, best_epoch=best_epoch,
                 stale_epochs=stale, select_metric=t.select_metric, noise=trainer.noise,
             )  # fmt: skip
-            save_checkpoint(last_path, state)
+            # cvae_last.pt last: it is what a resume starts from, so a kill before it makes the resume redo this
+            # epoch and write the other two again (the same bytes), and a kill after it finds them written
             if (epoch + 1) % t.save_every == 0 or epoch + 1 == t.epochs:
                 save_checkpoint(trainer.ckpt_dir / f"cvae_epoch_{epoch + 1:03d}.pt", state)
             if improved:
                 save_checkpoint(trainer.ckpt_dir / BEST_CHECKPOINT, state)
+            save_checkpoint(last_path, state)
         say(format_row(row, metric))
         if board is not None:
             for key, value in row.items():
