@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from precip_cvae.cli import main
+from precip_cvae.errors import InputError
 
 CASES = {
     # the config: typos, wrong types, values out of range (every stage shares the loader; train is the cheapest)
@@ -38,8 +39,11 @@ CASES = {
     # experiment
     "unknown arm": (["experiment", "--arms", "magic"], "magic"),
     "zero seeds": (["experiment", "experiment.seeds=0"], "experiment.seeds"),
-    # prepare and augment
+    # prepare and synth
     "missing input directory": (["prepare", "--input_dir", "{tmp}/nowhere", "--output_dir", "{tmp}/out"], "nowhere"),
+    "no days": (["synth", "--out", "{tmp}/bench", "--days", "0"], "--days"),
+    "test share above 1": (["synth", "--out", "{tmp}/bench", "--test-fraction", "1.5"], "test_fraction"),
+    "a date that is not one": (["synth", "--out", "{tmp}/bench", "--start-date", "2020-13-45"], "2020-13-45"),
 }
 
 
@@ -49,7 +53,7 @@ def test_a_bad_input_exits_2_with_one_line_and_writes_nothing(name, trained, tmp
     argv, needle = CASES[name]
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     stage = argv[0]
-    if stage != "prepare" and "--config" not in argv:
+    if stage not in ("prepare", "synth") and "--config" not in argv:
         outputs = tmp_path / "run" if stage == "train" else trained.data.outputs_root
         argv = [stage, f"data.data_root={trained.data.data_root}", f"data.outputs_root={outputs}", *argv[1:]]
     if stage in ("sample", "evaluate", "experiment"):
@@ -65,3 +69,8 @@ def test_a_bad_input_exits_2_with_one_line_and_writes_nothing(name, trained, tmp
     assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], err
     assert sorted(Path(tmp_path).rglob("*")) == before
     assert sorted(Path(trained.data.outputs_root).rglob("*")) == outputs_before
+
+
+def test_traceback_shows_the_whole_trace_of_a_bad_input(tmp_path):
+    with pytest.raises(InputError, match="nowhere"):
+        main(["--traceback", "prepare", "--input_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")])
