@@ -64,6 +64,27 @@ def test_a_dead_owners_lock_is_taken_over_and_every_lock_is_released(tmp_path):
     assert not lock.exists()
 
 
+def test_what_a_killed_writer_left_is_cleaned_up_and_its_old_output_put_back(tmp_path):
+    # killed between moving the previous output aside and renaming the new one into place: the next writer puts the
+    # previous output back before it starts, and removes the killed run's staging directory
+    out = tmp_path / "synth"
+    (tmp_path / ".synth.old").mkdir()
+    (tmp_path / ".synth.old" / "manifest.json").write_text("{}")
+    (tmp_path / ".synth.x1y2.partial").mkdir()
+    (tmp_path / ".synth.x1y2.partial" / "half.npy").write_bytes(b"\x93NUMPY")
+    (tmp_path / ".other.x.partial").mkdir()  # another output's: not touched
+    with pytest.raises(ValueError):
+        with staged_directory(out, overwrite=True):
+            raise ValueError("this run fails too")
+    assert (out / "manifest.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.x.partial", "synth"]
+    (tmp_path / ".synth.old").mkdir()  # both present: the rename had finished, the old copy is dropped
+    with staged_directory(out, overwrite=True) as root:
+        (root / "manifest.json").write_text("[]")
+    assert (out / "manifest.json").read_text() == "[]"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.x.partial", "synth"]
+
+
 def test_an_empty_lock_is_taken_over_only_once_it_is_old(tmp_path):
     # a run killed between creating its lock and writing its pid leaves an empty file: refused while it could be a
     # live run about to write, taken over after UNWRITTEN_LOCK_S
