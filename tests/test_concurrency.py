@@ -1,9 +1,11 @@
 """Two real processes writing the same output (issue 13 point 4): the second one, started while the first holds the
-lock, stops with status 1 and one line naming the first; the first finishes, and its output is what one run alone
-writes (nothing interleaved)."""
+lock (the first is paused with SIGSTOP once its lock exists, so the two meet whatever the machine's speed), stops
+with status 1 and one line naming the first; the first finishes, and its output is what one run alone writes
+(nothing interleaved)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -20,23 +22,33 @@ def _popen(*argv: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
+def _written(lock: Path) -> bool:
+    try:
+        return lock.stat().st_size > 0  # the owner's pid is in it
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["sample", "train"])
 def test_a_second_writer_started_while_the_first_writes_is_refused(stage, prepared, trained, tmp_path):
     outputs = Path(trained.data.outputs_root)
     out = tmp_path / "out"
-    if stage == "sample":  # slow enough (K = 40) that the second starts while the first writes
-        argv = ["sample", "--config", str(outputs / "config.yaml"), "--K", "40", "--days", "split:train", "--out",
+    if stage == "sample":
+        argv = ["sample", "--config", str(outputs / "config.yaml"), "--K", "4", "--days", "split:train", "--out",
                 str(out)]  # fmt: skip
     else:
-        argv = ["train", f"data.data_root={prepared}", f"data.outputs_root={out}", *TINY_MODEL, "train.epochs=12"]
+        argv = ["train", f"data.data_root={prepared}", f"data.outputs_root={out}", *TINY_MODEL, "train.epochs=3"]
     lock = out.with_name(".out.lock")
     first = _popen(*argv)
-    while not lock.exists() and first.poll() is None:
-        time.sleep(0.005)
-    second = _popen(*argv)
-    _, err = second.communicate()
-    assert first.poll() is None, "the first run ended before the second reached the lock: make it slower"
+    while not _written(lock) and first.poll() is None:
+        time.sleep(0.001)
+    first.send_signal(signal.SIGSTOP)  # holds the lock, alive, for as long as the second needs to reach it
+    try:
+        second = _popen(*argv)
+        _, err = second.communicate()
+    finally:
+        first.send_signal(signal.SIGCONT)
     _, first_err = first.communicate()
     assert first.returncode == 0, first_err
     lines = [line for line in err.splitlines() if "WARNING" not in line]
