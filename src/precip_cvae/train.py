@@ -9,6 +9,7 @@ import io
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -197,20 +198,8 @@ class Trainer:
         loader = DataLoader(
             self.val_set, batch_sampler=[batches[b] for b in mine], num_workers=self.config.data.num_workers
         )
-        acc = {k: 0.0 for k in ("loss", "L_rec", "L_mass", "L_kl", "L_crps")}
-        diag = dict.fromkeys(("spread", "spread_n", "std_s", "std_o"), 0.0)  # collapse diagnostics
-        p95 = {"P95": self.p95_mm}
-        # the same accumulators and names as `evaluate`'s metrics.json
-        samples_scores = Scores(
-            {"crps": CRPS(), "twcrps": TwCRPS(p95), "deterministic": Deterministic(tail=self.p95_mm),
-             "intensities": Intensities(quantiles=(), wet=WET_MM_PER_DAY)}
-        )  # fmt: skip
-        heavy_scores = Scores({"twcrps": TwCRPS(p95)})
-        recon_scores = Scores({"deterministic": Deterministic(tail=self.p95_mm)})
-        mus = []
-        scale_kl: dict[int, torch.Tensor] = {}  # per spatial latent scale: KL of each map summed over days
-        scale_pixels: dict[int, int] = {}
-        n_days = 0
+        part = _Validation.empty(self.p95_mm)
+        acc, diag = part.losses, part.diagnostics
         loss_fn = self.loss_fn(beta, training=False)
         for index, batch in zip(mine, loader, strict=True):
             seed = distributed.batch_seed(t.seed * 7919 + epoch, index)
@@ -219,13 +208,13 @@ class Trainer:
             out = self.forward(self.model, b, gen)
             terms = loss_fn(out, b)
             size = b["target"].shape[0]
-            n_days += size
+            part.n_days += size
             for k in acc:
                 acc[k] += float(terms["total" if k == "loss" else k]) * size
-            mus.append(out["mu"].float().cpu())
+            part.mus.append(out["mu"].float().cpu())
             for factor, kl in out.get("scale_kl", {}).items():
-                scale_kl[factor] = scale_kl.get(factor, 0.0) + kl.float().sum(dim=0).cpu()
-                scale_pixels[factor] = out["scale_pixels"][factor]
+                part.scale_kl[factor] = part.scale_kl.get(factor, 0.0) + kl.float().sum(dim=0).cpu()
+                part.scale_pixels[factor] = out["scale_pixels"][factor]
             obs = self.normalization.to_mm(b["target"])
             mask, land = b["mask"], b["land"]
             samples = self.model.sample(b["inputs"], b["statics"], n_samples=t.val_samples, mode="prior", generator=gen)
@@ -240,34 +229,27 @@ class Trainer:
             rec = self.normalization.to_mm(out["recon"].float())[:, 0].cpu().numpy()
             for i in range(ens.shape[0]):
                 fields = Fields(ens[i], o[i], valid[i])
-                samples_scores.add(fields)
+                part.samples.add(fields)
                 if bool(batch["heavy"][i]):
-                    heavy_scores.add(fields)
-                recon_scores.add(Fields.single(rec[i], o[i], valid[i]))
+                    part.heavy.add(fields)
+                part.recon.add(Fields.single(rec[i], o[i], valid[i]))
         # every rank merges the ranks' parts in rank order, so every rank computes the same row
-        parts = self.ctx.all_gather(
-            (acc, diag, n_days, samples_scores, heavy_scores, recon_scores, mus, scale_kl, scale_pixels)
-        )
-        acc, diag, n_days, samples_scores, heavy_scores, recon_scores, mus, scale_kl, scale_pixels = parts[0]
+        parts = self.ctx.all_gather(part)
+        whole = parts[0]
         for other in parts[1:]:
-            o_acc, o_diag, o_days, o_samples, o_heavy, o_recon, o_mus, o_kl, o_pixels = other
-            for key in acc:
-                acc[key] += o_acc[key]
-            for key in diag:
-                diag[key] += o_diag[key]
-            n_days += o_days
-            samples_scores.merge(o_samples)
-            heavy_scores.merge(o_heavy)
-            recon_scores.merge(o_recon)
-            mus.extend(o_mus)
-            for factor, kl in o_kl.items():
-                scale_kl[factor] = scale_kl.get(factor, 0.0) + kl
-            scale_pixels.update(o_pixels)
+            whole.merge(other)
+        acc, diag, n_days, scale_kl, scale_pixels = (
+            whole.losses,
+            whole.diagnostics,
+            whole.n_days,
+            whole.scale_kl,
+            whole.scale_pixels,
+        )
         k = t.val_samples
-        mu = torch.cat(mus)
+        mu = torch.cat(whole.mus)
         active = int((mu.var(dim=0) > 0.01).sum()) if mu.shape[0] > 1 else 0
         obs_mean = self.data.mean_land_mm_per_day
-        scores, heavy = samples_scores.compute(), heavy_scores.compute()
+        scores, heavy = whole.samples.compute(), whole.heavy.compute()
         row = {
             "val_loss": acc["loss"] / n_days,
             "val_L_rec": acc["L_rec"] / n_days,
@@ -275,7 +257,7 @@ class Trainer:
             "val_L_kl": acc["L_kl"] / n_days,
             "val_L_crps": acc["L_crps"] / n_days,
             **{f"val_{key}": scores[key] for key in VALIDATION_SCORES},
-            "val_rec_MAE_tail": recon_scores.compute()["MAE_tail"],
+            "val_rec_MAE_tail": whole.recon.compute()["MAE_tail"],
             "val_heavy_twCRPS_P95": heavy["twCRPS_P95"],
             "val_active_units": active,
             "val_sample_spread_mm": diag["spread"] / diag["spread_n"] if diag["spread_n"] else float("nan"),
@@ -290,6 +272,47 @@ class Trainer:
         }
         row["alarms"] = ";".join(collapse_alarms(row, obs_mean, self.config.model.d_z))
         return row
+
+
+@dataclass
+class _Validation:
+    """What one rank's validation batches add up to, and how two ranks' parts merge (in rank order)."""
+
+    losses: dict[str, float]  # loss terms summed over days
+    diagnostics: dict[str, float]  # sums behind the collapse alarms
+    samples: Scores  # prior samples, all days: the same accumulators and names as `evaluate`'s metrics.json
+    heavy: Scores  # the same, heavy days
+    recon: Scores  # the posterior reconstruction
+    n_days: int = 0
+    mus: list[torch.Tensor] = field(default_factory=list)  # posterior means, for the active units
+    scale_kl: dict[int, torch.Tensor] = field(default_factory=dict)  # per latent scale: each map's KL, summed
+    scale_pixels: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, p95_mm: float) -> _Validation:
+        p95 = {"P95": p95_mm}
+        samples = Scores({"crps": CRPS(), "twcrps": TwCRPS(p95), "deterministic": Deterministic(tail=p95_mm),
+                          "intensities": Intensities(quantiles=(), wet=WET_MM_PER_DAY)})  # fmt: skip
+        return cls(
+            losses=dict.fromkeys(("loss", "L_rec", "L_mass", "L_kl", "L_crps"), 0.0),
+            diagnostics=dict.fromkeys(("spread", "spread_n", "std_s", "std_o"), 0.0),
+            samples=samples,
+            heavy=Scores({"twcrps": TwCRPS(p95)}),
+            recon=Scores({"deterministic": Deterministic(tail=p95_mm)}),
+        )
+
+    def merge(self, other: _Validation) -> None:
+        for mine, theirs in ((self.losses, other.losses), (self.diagnostics, other.diagnostics)):
+            for key in mine:
+                mine[key] += theirs[key]
+        self.n_days += other.n_days
+        self.samples.merge(other.samples)
+        self.heavy.merge(other.heavy)
+        self.recon.merge(other.recon)
+        self.mus.extend(other.mus)
+        for factor, kl in other.scale_kl.items():
+            self.scale_kl[factor] = self.scale_kl.get(factor, 0.0) + kl
+        self.scale_pixels.update(other.scale_pixels)
 
 
 def _masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
