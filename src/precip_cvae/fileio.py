@@ -279,6 +279,11 @@ def output_lock(output: str | os.PathLike) -> Iterator[Path]:
                 logger.warning(f"{lock}: empty and {_age_s(lock):.0f} s old, left by a killed run; taking it over")
                 lock.unlink(missing_ok=True)
                 continue
+            if not isinstance(pid, int):
+                raise RunFailed(
+                    f"{output}: another run is starting to write here ({lock} is still empty); wait for it, or "
+                    f"delete {lock} if no run is starting"
+                ) from None
             raise RunFailed(
                 f"{output}: another run is writing here (pid {pid} on {host}, since {owner.get('started')}: "
                 f"{owner.get('command')}); wait for it to finish, or delete {lock} if it is no longer running"
