@@ -14,8 +14,6 @@ The schema lives here. A cVAE checkpoint holds:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from precip_cvae import __version__
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.normalize import Normalization
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import full_disk_as_enospc
+from precip_cvae.fileio import full_disk_as_enospc, written_as
 
 #: Keys every checkpoint must have.
 REQUIRED = ("model_state_dict", "epoch", "config")
@@ -35,14 +33,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary sibling, then rename: a kill leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with full_disk_as_enospc(path.parent):
-            torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with written_as(path) as tmp, full_disk_as_enospc(path.parent):
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -285,7 +285,7 @@ def run_evaluate(
         "checkpoint": str(gen.path),
         "checkpoint_epoch": gen.epoch,
         "checkpoint_sha256": content_sha256(gen.path),
-        "metadata_sha256": content_sha256(Path(data.root) / "metadata"),
+        "metadata_sha256": data.metadata_sha256,
         "oracle": str(oracle_path) if oracle_path else None,
         "thresholds_mm_per_day": thresholds,
         "heavy_rule": f"land mean >= P95 of training-period land means ({data.heavy_land_mean:.3f} mm/day)",

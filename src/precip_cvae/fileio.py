@@ -29,22 +29,25 @@ logger = logging.getLogger(__name__)
 _HELD: dict[Path, int] = {}
 
 
-def _tmp_sibling(path: Path) -> Path:
+@contextlib.contextmanager
+def written_as(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of ``path`` (``.<name>.*.tmp``) for the block to write; renamed to ``path`` when the block
+    ends without an error, removed otherwise. Every single-file writer of the package goes through it."""
+    path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    return Path(name)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Save ``array`` to ``path`` (.npy, no pickle) through a temporary file and a rename."""
-    path = Path(path)
-    tmp = _tmp_sibling(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(array), allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with written_as(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
 
 
 def create_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype=np.float32) -> np.memmap:
@@ -88,13 +91,8 @@ def _finite(obj: Any) -> Any:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = _tmp_sibling(path)
-    try:
+    with written_as(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _json_default(obj: Any) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +11,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from precip_cvae.fileio import written_as  # noqa: E402
+
 COLORS = {"obs": "black", "model": "tab:red", "analog": "tab:blue", "climatology": "tab:gray", "oracle": "tab:green"}
 
 
@@ -19,13 +20,11 @@ def save_figure(fig, path: Path) -> str:
     """Save ``fig`` as ``path`` (format from its suffix) through a temporary file and a rename, close it, and
     return the file name (what reports link to)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with written_as(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path.name
 
 

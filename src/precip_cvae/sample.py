@@ -174,7 +174,7 @@ def run_sample(
                     "checkpoint": str(gen.path),
                     "checkpoint_epoch": gen.epoch,
                     "checkpoint_sha256": content_sha256(gen.path),
-                    "metadata_sha256": content_sha256(Path(data.root) / "metadata"),
+                    "metadata_sha256": data.metadata_sha256,
                     "options": asdict(options),
                     "gate": asdict(gate),
                     "climatology": {"wet_band": climatology.wet_band, "record_max_mm_per_day": climatology.record_max},

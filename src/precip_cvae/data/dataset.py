@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from precip_cvae.data.normalize import Normalization
 from precip_cvae.data.source import find_oracle
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import read_json
+from precip_cvae.fileio import content_sha256, read_json
 
 #: Static maps given to the model, in this order, and how each is scaled to order one.
 STATIC_SCALES = {"land_sea_mask": 1.0, "valid_mask": 1.0, "dist_to_coast_km": 100.0, "elevation": 1000.0}
@@ -142,6 +142,12 @@ class PreparedData:
             else None
         )
         self.oracle_path = Path(oracle) if oracle else None
+
+    @functools.cached_property
+    def metadata_sha256(self) -> str:
+        """The content hash of ``metadata/``: what a sample store or a metrics file records of the dataset it was
+        made from, and what a store is checked against."""
+        return content_sha256(self.root / "metadata")
 
     def check_days(self, ids: list[int]) -> None:
         """Refuse a dataset edited by hand before any work starts: every day of ``ids`` must have its two files,

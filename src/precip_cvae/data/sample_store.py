@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import content_sha256, read_json, write_json
+from precip_cvae.fileio import read_json, write_json
 
 if TYPE_CHECKING:
     from precip_cvae.data.dataset import PreparedData
@@ -58,7 +58,7 @@ class SampleStore:
         if self._manifest is None:
             manifest = read_json(self.root / MANIFEST)
             recorded = manifest.get("metadata_sha256")
-            if self.data is not None and recorded and recorded != content_sha256(Path(self.data.root) / "metadata"):
+            if self.data is not None and recorded and recorded != self.data.metadata_sha256:
                 raise InputError(
                     f"{self.root}: drawn for another dataset than {self.data.root} (the metadata hash in {MANIFEST} "
                     "differs); draw samples for this dataset with `precip-cvae sample`"
