@@ -106,6 +106,23 @@ def test_quiet_and_verbose_set_the_package_loggers_level(capsys):
         configure_logging()
 
 
+def test_overrides_may_stand_between_options_and_keep_their_order():
+    from precip_cvae.cli import EXPERIMENT_FLAGS, _load_config, parse
+
+    argv = ["experiment", "--config", "reference", "experiment.lr=0.002", "--arms", "baseline", "experiment.steps=9",
+            "--seeds", "3", "experiment.lr=0.003"]  # fmt: skip
+    args = parse(build_parser(), argv)
+    assert args.overrides == ["experiment.lr=0.002", "experiment.steps=9", "experiment.lr=0.003"]
+    config = _load_config(args, EXPERIMENT_FLAGS)
+    assert (config.experiment.lr, config.experiment.steps, config.experiment.seeds) == (0.003, 9, 3)
+    assert config.experiment.arms == ("baseline",)
+    for bad in (["experiment", "experiment.lr=0.002", "--arms", "baseline", "--bogus"],
+                ["experiment", "experiment.lr=1", "--arms", "baseline", "stray"], ["synth", "--out", "x", "a=b"]):  # fmt: skip
+        with pytest.raises(SystemExit) as stop:
+            parse(build_parser(), bad)
+        assert stop.value.code == 2
+
+
 def test_experiment_device_and_seeds_flags_are_config_overrides():
     from precip_cvae.cli import EXPERIMENT_FLAGS, _load_config
 

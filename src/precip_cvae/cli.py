@@ -464,9 +464,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that ``section.key=value`` overrides may stand anywhere among the options
+    (``experiment --config c.yaml data.data_root=d --arms baseline experiment.lr=0.003``): argparse alone takes
+    only the first run of positionals and rejects the rest."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     show_traceback = args.traceback or bool(os.environ.get("PRECIP_CVAE_TRACEBACK"))
     configure_logging(quiet=args.quiet, verbose=args.verbose)
     started = time.perf_counter()
