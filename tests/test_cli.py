@@ -116,8 +116,12 @@ def test_overrides_may_stand_between_options_and_keep_their_order():
     config = _load_config(args, EXPERIMENT_FLAGS)
     assert (config.experiment.lr, config.experiment.steps, config.experiment.seeds) == (0.003, 9, 3)
     assert config.experiment.arms == ("baseline",)
-    for bad in (["experiment", "experiment.lr=0.002", "--arms", "baseline", "--bogus"],
-                ["experiment", "experiment.lr=1", "--arms", "baseline", "stray"], ["synth", "--out", "x", "a=b"]):  # fmt: skip
+    bad_lines = (
+        ["experiment", "experiment.lr=0.002", "--arms", "baseline", "--bogus"],
+        ["experiment", "experiment.lr=1", "--arms", "baseline", "stray"],
+        ["synth", "--out", "x", "a=b"],
+    )
+    for bad in bad_lines:
         with pytest.raises(SystemExit) as stop:
             parse(build_parser(), bad)
         assert stop.value.code == 2
