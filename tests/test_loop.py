@@ -110,6 +110,31 @@ def test_the_weight_average_after_each_finite_step_by_hand():
     assert bn_average.state["num_batches_tracked"].item() == 1
 
 
+def test_the_weight_average_warmup_by_hand():
+    """With warmup, update n uses decay min(0.9, (1 + n) / (10 + n)): 0.1, 2/11, 3/12, ... until it reaches 0.9 at
+    n = 80. The weight goes 1 -> 3 -> 5 (set by hand); the average starts at 0."""
+    from precip_cvae.loop import WeightAverage
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(model.weight, 0.0)
+    average = WeightAverage(model, 0.9, warmup=True)
+    expected = 0.0
+    for n, w in enumerate([1.0, 3.0, 5.0]):
+        decay = (1 + n) / (10 + n)
+        assert average.decay_now() == pytest.approx(decay)
+        torch.nn.init.constant_(model.weight, w)
+        average.update(model)
+        expected = decay * expected + (1 - decay) * w
+    # 0.9·1 = 0.9 -> (2/11)·0.9 + (9/11)·3 = 2.6182 -> (3/12)·2.6182 + (9/12)·5 = 4.4045
+    assert expected == pytest.approx(4.40454545)
+    assert average.state["weight"].item() == pytest.approx(expected)
+    average.updates = 80
+    assert average.decay_now() == pytest.approx(0.9)
+    average.updates = 79
+    assert average.decay_now() == pytest.approx(80 / 89)
+    assert WeightAverage(model, 0.9).decay_now() == 0.9  # no warmup: the decay from the first step
+
+
 def test_scheduled_learning_rates_by_hand():
     from precip_cvae.config import load_config
     from precip_cvae.loop import scheduled_lr

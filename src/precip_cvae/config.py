@@ -228,6 +228,8 @@ class ExperimentConfig:
     ``val_every``: when > 0, score the validation days every that many steps and keep the best weights (by MAE above
     P95 on heavy validation days); 0 keeps the last. ``ema``: when > 0, the weights used (validated, kept, scored) are
     the exponential moving average of the training path with this decay (e.g. 0.995: about the last 200 steps).
+    ``ema_warmup``: a smaller decay over the first steps, ``min(ema, (1 + n) / (10 + n))`` at step n, so the average
+    does not carry the random initial weights (a share 0.995^n of them without it).
     ``jobs``: runs trained at once in separate processes (each with its share of the CPU threads; on a GPU they share
     it); the results do not depend on it.
     """
@@ -252,6 +254,7 @@ class ExperimentConfig:
     bn_recalibrate: int = 0
     val_every: int = 100
     ema: float = 0.995
+    ema_warmup: bool = False
     jobs: int = 1
 
 

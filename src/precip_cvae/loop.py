@@ -194,19 +194,29 @@ class WeightAverage:
     """An exponential moving average of a model's floating-point parameters and buffers (BatchNorm running
     statistics included): ``avg ← decay·avg + (1 − decay)·current`` after each step, starting from the weights it is
     created with. Integer buffers (BatchNorm's batch counter) follow the model. The averaged weights of a noisy
-    optimizer path are steadier than its last point (Polyak averaging)."""
+    optimizer path are steadier than its last point (Polyak averaging).
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    With ``warmup``, update n (0-based) uses ``min(decay, (1 + n) / (10 + n))`` (TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates``): the first averages forget the random initial weights at once
+    instead of carrying a share ``decay^n`` of them (37 % after 200 steps at 0.995)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.warmup, self.updates = decay, warmup, 0
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def decay_now(self) -> float:
+        """The decay of the next update."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        weight = 1.0 - self.decay_now()
+        self.updates += 1
         for k, v in model.state_dict().items():
             if v.is_floating_point():
-                self.state[k].lerp_(v.detach(), 1.0 - self.decay)
+                self.state[k].lerp_(v.detach(), weight)
             else:
                 self.state[k].copy_(v)
 

@@ -302,6 +302,33 @@ def test_the_schedule_and_batchnorm_options_run_and_recalibration_changes_only_t
     assert recal["options"]["bn_recalibrate"] == 3 and recal["options"]["schedule"] == "cosine"
 
 
+def test_a_rerun_keeps_finished_runs_of_the_same_settings_and_refuses_others(prepared, tmp_path):
+    """More seeds (or jobs) reuse the finished runs byte for byte; another budget, the EMA warm-up or another dataset
+    in the same --out is refused, naming the key, before anything is trained."""
+    from precip_cvae.config import load_config
+    from precip_cvae.errors import InputError
+
+    config = load_config(None, [f"data.data_root={prepared}", f"data.outputs_root={tmp_path}", "train.device=cpu"])
+    options = replace(config.experiment, arms=("baseline",), seeds=1, steps=3, batch_size=4, filters=4, n_blocks=1,
+                      val_every=0)  # fmt: skip
+    out = tmp_path / "experiment"
+    run_experiment(config, options, out, progress=False)
+    first = (out / "runs" / "baseline_seed0.json").read_bytes()
+    assert json.loads(first)["settings"]["steps"] == 3
+    report = run_experiment(config, replace(options, seeds=2), out, progress=False)
+    assert (out / "runs" / "baseline_seed0.json").read_bytes() == first
+    assert report["summary"]["baseline"]["all"]["MAE_all"]["value"]["n"] == 2
+    for change, key in ((dict(steps=4), "steps"), (dict(ema_warmup=True), "ema_warmup"), (dict(lr=2e-3), "lr")):
+        with pytest.raises(InputError, match=f"baseline_seed0.json.*{key}"):
+            run_experiment(config, replace(options, **change), out, progress=False)
+    assert not (out / "runs" / "baseline_seed2.json").exists()
+    record = json.loads(first)
+    record["settings"]["metadata_sha256"] = "0" * 64
+    (out / "runs" / "baseline_seed0.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match="metadata_sha256"):
+        run_experiment(config, options, out, progress=False)
+
+
 def test_validation_every_n_steps_keeps_the_best_weights(prepared, tmp_path):
     import torch
 

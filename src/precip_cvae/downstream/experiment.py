@@ -44,12 +44,12 @@ from precip_cvae import loop
 from precip_cvae.config import ARMS, Config, ExperimentConfig
 from precip_cvae.data import coarsen
 from precip_cvae.data.dataset import PreparedData
-from precip_cvae.data.sample_store import SampleStore
+from precip_cvae.data.sample_store import MANIFEST, SampleStore
 from precip_cvae.downstream.losses import crps_from_quantiles, density_weights, pinball, weighted_mae
 from precip_cvae.downstream.srdrn import SRDRN, recalibrate_batchnorm, set_bn_momentum
 from precip_cvae.downstream.stats import paired_difference
 from precip_cvae.errors import InputError
-from precip_cvae.fileio import output_lock, remove_temporaries, save_npy, write_json
+from precip_cvae.fileio import content_sha256, output_lock, remove_temporaries, save_npy, write_json
 from precip_cvae.generator import select_device
 from precip_cvae.loop import Precision
 from precip_cvae.metrics import Categorical, Deterministic, Fields, Intensities, Mean, Scores
@@ -337,7 +337,7 @@ def train_run(
     def lr_for_step(i: int) -> float:
         return loop.scheduled_lr(options.lr, options.schedule, i, options.steps)
 
-    average = loop.WeightAverage(model, options.ema) if options.ema > 0 else None
+    average = loop.WeightAverage(model, options.ema, options.ema_warmup) if options.ema > 0 else None
     # the weights validated, kept and returned: the moving average when there is one, else the optimizer's
     scored = copy.deepcopy(model) if average is not None else model
 
@@ -663,13 +663,17 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
     remove_temporaries(out_dir, runs_dir)  # left by a killed run
     skipped = {arm: why for arm, why in plans.items() if isinstance(why, str)}
     runs = [(arm, s) for arm, p in plans.items() if isinstance(p, ArmPlan) for s in range(options.seeds)]
+    settings = run_settings(options, config, data, examples)
     todo = [(arm, s) for arm, s in runs if not run_path(runs_dir, arm, s).is_file()]
+    for arm, s in runs:
+        if (arm, s) not in todo:
+            check_run_settings(run_path(runs_dir, arm, s), settings)
     if options.jobs > 1 and len(todo) > 1:
         threads = max(1, (os.cpu_count() or 1) // options.jobs)
         context = torch.multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(options.jobs, len(todo)), mp_context=context, initializer=_start_worker,
                                  initargs=(config, options, str(device), threads)) as pool:  # fmt: skip
-            futures = [pool.submit(_worker_run, arm, seed, str(runs_dir)) for arm, seed in todo]
+            futures = [pool.submit(_worker_run, arm, seed, str(runs_dir), settings) for arm, seed in todo]
             try:
                 for future in tqdm(as_completed(futures), total=len(futures), desc="experiment", unit="run",
                                    disable=not progress):  # fmt: skip
@@ -680,7 +684,7 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
                 raise
     else:
         for arm, seed in tqdm(todo, desc="experiment", unit="run", disable=not progress):
-            _run_one(plans[arm], examples, data, options, seed, config, device, runs_dir, progress)
+            _run_one(plans[arm], examples, data, options, seed, config, device, runs_dir, settings, progress)
     results: dict[str, list[dict]] = {}
     for arm, seed in runs:
         results.setdefault(arm, []).append(json.loads(run_path(runs_dir, arm, seed).read_text()))
@@ -718,13 +722,46 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
 
 
 def _run_one(plan: ArmPlan, examples: Examples, data: PreparedData, options: ExperimentConfig, seed: int,
-             config: Config, device: torch.device, runs_dir: Path, progress: bool = False) -> None:  # fmt: skip
-    """Train and score one (arm, seed) and store it: its map first, then its JSON, which marks the run done."""
+             config: Config, device: torch.device, runs_dir: Path, settings: dict,
+             progress: bool = False) -> None:  # fmt: skip
+    """Train and score one (arm, seed) and store it: its map first, then its JSON (with the ``settings`` it was
+    trained under), which marks the run done."""
     model, selection = train_run(plan, examples, data, options, seed, config, device, progress=progress)
     scores = {**score_run(model, plan, data, options, device), "selection": selection}
     field = scores.pop("map")
     save_npy(map_path(runs_dir, plan.name, seed), field["mm"])
-    write_json(run_path(runs_dir, plan.name, seed), {**scores, "map_day": field["day"]})
+    write_json(run_path(runs_dir, plan.name, seed), {**scores, "map_day": field["day"], "settings": settings})
+
+
+#: Keys of ``experiment`` that do not change what one (arm, seed) run computes: a re-run may add seeds or arms, or
+#: use more processes, and keep the finished runs.
+RUN_INDEPENDENT = ("arms", "seeds", "jobs")
+
+
+def run_settings(options: ExperimentConfig, config: Config, data: PreparedData, examples: Examples) -> dict:
+    """What a finished run's numbers depend on: the ``experiment`` keys but :data:`RUN_INDEPENDENT`, the precision
+    (``train.amp``), and the hashes of the dataset's metadata and of the sample store's manifest."""
+    store = examples.store.root / MANIFEST
+    return {
+        **{k: v for k, v in asdict(options).items() if k not in RUN_INDEPENDENT},
+        "train.amp": config.train.amp,
+        "metadata_sha256": data.metadata_sha256,
+        "samples_sha256": content_sha256(store) if store.is_file() else None,
+    }
+
+
+def check_run_settings(path: Path, settings: dict) -> None:
+    """Refuse to mix a finished run made under other settings into this experiment's statistics (a re-run into the
+    same ``--out`` with, e.g., another ``--steps``), naming the first keys that differ."""
+    recorded = json.loads(path.read_text()).get("settings")
+    if recorded is None:
+        raise InputError(f"{path}: this run records no settings (an older version made it); use another --out")
+    # through JSON, as they were stored: tuples become lists
+    differ = [k for k, v in json.loads(json.dumps(settings)).items() if recorded.get(k, "(absent)") != v]
+    if differ:
+        shown = ", ".join(f"{k} {recorded.get(k, '(absent)')!r} there, {settings[k]!r} now" for k in differ[:3])
+        raise InputError(f"{path}: this finished run was made under other settings ({shown}); use another --out, "
+                         "or delete its runs/ to train them again")  # fmt: skip
 
 
 #: A worker process's dataset, examples, plans and settings (``experiment.jobs`` > 1), set once by _start_worker.
@@ -740,9 +777,10 @@ def _start_worker(config: Config, options: ExperimentConfig, device: str, thread
                    plans=plans)  # fmt: skip
 
 
-def _worker_run(arm: str, seed: int, runs_dir: str) -> None:
+def _worker_run(arm: str, seed: int, runs_dir: str, settings: dict) -> None:
     w = _WORKER
-    _run_one(w["plans"][arm], w["examples"], w["data"], w["options"], seed, w["config"], w["device"], Path(runs_dir))
+    _run_one(w["plans"][arm], w["examples"], w["data"], w["options"], seed, w["config"], w["device"], Path(runs_dir),
+             settings)  # fmt: skip
 
 
 def run_path(runs_dir: Path, arm: str, seed: int) -> Path:
