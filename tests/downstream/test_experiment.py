@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.downstream.experiment import ARMS, ExperimentOptions, coarse_precipitation, run_experiment, verdict
@@ -164,6 +165,37 @@ def test_runs_in_parallel_processes_equal_runs_one_after_another(prepared, tmp_p
             assert parallel["summary"][arm]["all"][m]["value"]["mean"] == pytest.approx(a, rel=1e-5)
         a, b = (np.load(tmp_path / d / "runs" / f"{arm}_seed0_map.npy") for d in ("serial", "parallel"))
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_batches_from_memory_equal_the_dataloader_s(trained, tmp_path, monkeypatch):
+    """The in-memory rows (real days loaded once per process, then the arm's synthetic rows) give the runs the
+    DataLoader gives, bit for bit: same rows, same order, same BatchNorm re-estimation draws."""
+    from precip_cvae.data.sample_store import SampleStore
+    from precip_cvae.downstream import experiment as ex
+    from precip_cvae.sample import SampleOptions, run_sample
+    from tests.cases import PERMISSIVE
+
+    synth = tmp_path / "synth"
+    run_sample(trained, SampleOptions(mode="prior", K=2, days="heavy_only"), PERMISSIVE, out_dir=synth, progress=False)
+    data = PreparedData(trained.data.data_root)
+    options = replace(trained.experiment, arms=("baseline", "augment_newx"), steps=5, batch_size=4, filters=4,
+                      n_blocks=1, ema=0.9, val_every=0, bn_recalibrate=2)  # fmt: skip
+    examples = ex.Examples(data, SampleStore(synth, data))
+    plans = ex.plan_arms(data, options, examples)
+    assert len(plans["augment_newx"].rows) > len(data.ids("train"))
+    device = torch.device("cpu")
+    stacked = examples.stacked(plans["augment_newx"].rows)
+    row = plans["augment_newx"].rows[-1]
+    for tensor, expected in zip((stacked[k][-1] for k in ("inputs", "target", "mask")), examples.load(row),
+                                strict=True):  # fmt: skip
+        assert torch.equal(tensor, expected)
+    for arm in ("baseline", "augment_newx"):
+        in_memory, _ = ex.train_run(plans[arm], examples, data, options, 3, trained, device)
+        with monkeypatch.context() as m:
+            m.setattr(ex, "IN_MEMORY_BYTES", 0)
+            from_disk, _ = ex.train_run(plans[arm], examples, data, options, 3, trained, device)
+        for (name, a), b in zip(in_memory.state_dict().items(), from_disk.state_dict().values(), strict=True):
+            assert torch.equal(a, b), (arm, name)
 
 
 @pytest.mark.slow

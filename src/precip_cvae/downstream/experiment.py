@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -115,11 +116,17 @@ def _cell_index(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, points, side="right") - 1
 
 
+#: Largest in-memory copy of an arm's rows, in bytes: below it a run loads every row once and draws its batches from
+#: memory (on its device); above it a DataLoader reads each batch's rows from disk.
+IN_MEMORY_BYTES = 2 * 1024**3
+
+
 class Examples:
     """Loads rows as tensors: (inputs (C, h, w), target (1, H, W) normalized, 0 where missing, mask (1, H, W))."""
 
     def __init__(self, data: PreparedData, store: SampleStore | None):
         self.data, self.store = data, store
+        self._real: dict[str, torch.Tensor] | None = None  # the real training days, stacked (see stacked())
         self.precip_channel = next(
             (i for i, v in enumerate(data.variables) if v["name"].lower() in PRECIP_CHANNELS), None
         )
@@ -176,6 +183,30 @@ class Examples:
         target = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))
         mask = torch.isfinite(target) & self.valid
         return torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)), torch.where(mask, target, 0.0), mask
+
+    def row_bytes(self) -> int:
+        """Bytes of one loaded row: float32 inputs and target, a bool mask."""
+        d = self.data
+        return 4 * d.n_channels * math.prod(d.lr_shape) + 5 * math.prod(d.hr_shape)
+
+    def stacked(self, rows: list[Row]) -> dict[str, torch.Tensor]:
+        """``rows`` loaded and stacked: ``inputs`` (N, C, h, w), ``target`` and ``mask`` (N, 1, H, W), what
+        :meth:`load` gives row by row. The real training days, with which every arm's rows begin, are loaded once per
+        process and shared by its runs."""
+
+        def stack(part: list[Row]) -> dict[str, torch.Tensor]:
+            loaded = [self.load(r) for r in part]
+            return {k: torch.stack([x[i] for x in loaded]) for i, k in enumerate(("inputs", "target", "mask"))}
+
+        real = [Row(d) for d in self.data.ids("train")]
+        if rows[: len(real)] != real:
+            return stack(rows)
+        if self._real is None:
+            self._real = stack(real)
+        if len(rows) == len(real):
+            return self._real
+        rest = stack(rows[len(real) :])
+        return {k: torch.cat([self._real[k], rest[k]]) for k in rest}
 
 
 @dataclass
@@ -315,11 +346,19 @@ def train_run(
     set_bn_momentum(model, options.bn_momentum)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     draws = torch.Generator().manual_seed(seed)
+    memory = None
+    if len(plan.rows) * examples.row_bytes() <= IN_MEMORY_BYTES:
+        weights = torch.as_tensor(plan.weights, dtype=torch.float32)
+        memory = {k: v.to(device) for k, v in {**examples.stacked(plan.rows), "weight": weights}.items()}
 
-    def loader(n_batches: int) -> DataLoader:
+    def loader(n_batches: int) -> Iterable[dict]:
+        """Batches of rows drawn with replacement by the arm's probabilities: from memory, or by a DataLoader (the
+        same rows in the same order either way)."""
         sampler = WeightedRandomSampler(
             plan.probabilities.tolist(), n_batches * options.batch_size, replacement=True, generator=draws
         )
+        if memory is not None:
+            return _batches_in_memory(memory, sampler, options.batch_size)
         return DataLoader(ArmRows(plan, examples), batch_size=options.batch_size, sampler=sampler,
                           num_workers=config.data.num_workers)  # fmt: skip
 
@@ -375,6 +414,15 @@ def train_run(
         recalibrate_batchnorm(model, (to_device(b) for b in loader(options.bn_recalibrate)),
                               lambda m, b: _srdrn_forward(m, b, None))  # fmt: skip
     return model.eval(), selection
+
+
+def _batches_in_memory(rows: dict[str, torch.Tensor], sampler: WeightedRandomSampler, batch_size: int):
+    """The DataLoader's batches, indexed from stacked rows: the sampler draws its indices when iteration starts, as
+    it does under a DataLoader."""
+    order = torch.tensor(list(sampler), dtype=torch.long)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size].to(rows["inputs"].device)
+        yield {k: v[index] for k, v in rows.items()}
 
 
 def validation_score(scores: dict) -> float:
