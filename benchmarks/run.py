@@ -22,6 +22,8 @@ Rows (absolute numbers for information, the ratio is the figure to compare acros
   scaled to the reference's run, 80 epochs over 14,500 days, in minutes ÷ issue 12's target of 10 minutes.
 - ``bf16``: on a GPU, training samples/s with bf16 autocast ÷ without, at batch 6, 32 and 128 (below 1: bf16 is
   slower at that batch).
+- ``experiment``: training steps/s of the downstream experiment's SRDRN with its batches drawn from memory ÷ read
+  from disk by a DataLoader (above 1: memory is faster).
 - ``evaluate``: test days/s of `evaluate` at K = 16 (model, analogs, climatology, oracle) ÷ drawing the model's
   samples alone: the share of its time spent drawing (the rest is baselines and scoring).
 - ``prepare``: a random SRDRN directory at the reference geometry, 2,000 days (and 15,000 without --quick): seconds
@@ -223,6 +225,38 @@ def reference_epoch(work: Path, device: str, days: int, batch_size: int) -> dict
     return {"seconds": seconds, "train_days": train_days, "projected_minutes": seconds / train_days * 14_500 * 80 / 60}
 
 
+def experiment_step_rates(root: Path, device: torch.device, steps: int) -> dict:
+    """Training steps/s of the downstream experiment's baseline arm (SRDRN with 16 filters and 4 blocks, batch 16,
+    no validation) with its batches drawn from memory, and read from disk by a DataLoader (what runs whose rows
+    exceed ``IN_MEMORY_BYTES`` do). Each is timed after a 5-step run, which also loads the rows into memory once."""
+    from dataclasses import replace
+
+    from precip_cvae.config import load_config
+    from precip_cvae.data.dataset import PreparedData
+    from precip_cvae.data.sample_store import SampleStore
+    from precip_cvae.downstream import experiment as ex
+
+    data = PreparedData(root)
+    config = load_config(None, [f"data.data_root={root}"])
+    options = replace(config.experiment, arms=("baseline",), steps=steps, filters=16, n_blocks=4, batch_size=16,
+                      val_every=0)  # fmt: skip
+    examples = ex.Examples(data, SampleStore(root / "no-samples"))
+    plan = ex.plan_arms(data, options, examples)["baseline"]
+    rates, saved = {}, ex.IN_MEMORY_BYTES
+    try:
+        for where, limit in (("memory", saved), ("disk", 0)):
+            ex.IN_MEMORY_BYTES = limit
+            ex.train_run(plan, examples, data, replace(options, steps=5), 0, config, device)
+            _sync(device)
+            started = time.perf_counter()
+            ex.train_run(plan, examples, data, options, 0, config, device)
+            _sync(device)
+            rates[where] = steps / (time.perf_counter() - started)
+    finally:
+        ex.IN_MEMORY_BYTES = saved
+    return rates
+
+
 def evaluate_rate(root: Path, device: str, K: int) -> dict:
     """`evaluate` on the test days (model, analogs, climatology, oracle) in days/s, and the rate of drawing the
     model's K samples per day alone."""
@@ -336,6 +370,9 @@ def main() -> None:
         for name in ("twice the days", "half the grid"):
             row(f"epoch, {name}: seconds per pixel-day", epochs[name]["per_pixel_day"] * 1e6, "µs",
                 base["per_pixel_day"] * 1e6, "the base dataset's (1: cost flat per pixel-day)", False)  # fmt: skip
+        x = experiment_step_rates(tmp / "base" / "data", device, 20 if args.quick else 100)
+        row("experiment, demo size: SRDRN steps/s, batches from memory", x["memory"], "steps/s", x["disk"],
+            "the same batches read from disk by a DataLoader", False)  # fmt: skip
         e = evaluate_rate(tmp / "base", str(device), K=16)
         row("evaluate K = 16, demo size: test days/s", e["days_per_s"], "days/s", e["draw_days_per_s"],
             "drawing its samples alone (= the share of its time spent drawing)", True)  # fmt: skip

@@ -214,11 +214,14 @@ class WeightAverage:
     def update(self, model: torch.nn.Module) -> None:
         weight = 1.0 - self.decay_now()
         self.updates += 1
+        averaged, current = [], []
         for k, v in model.state_dict().items():
             if v.is_floating_point():
-                self.state[k].lerp_(v.detach(), weight)
+                averaged.append(self.state[k])
+                current.append(v.detach())
             else:
                 self.state[k].copy_(v)
+        torch._foreach_lerp_(averaged, current, weight)  # one fused pass over all tensors instead of one per tensor
 
     def copy_to(self, model: torch.nn.Module) -> None:
         model.load_state_dict(self.state)
