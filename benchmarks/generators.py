@@ -65,6 +65,7 @@ VARIANTS["censored_seed1"] = [*VARIANTS["censored"], "train.seed=1"]
 VARIANTS["censored_m2"] = [*VARIANTS["censored"], "loss.crps_members=2"]
 VARIANTS["censored_m2_seed1"] = [*VARIANTS["censored_m2"], "train.seed=1"]
 VARIANTS["censored_m2_cap2"] = [*VARIANTS["censored_m2"], "model.decoder_width_cap=2"]
+VARIANTS["censored_cap2"] = [*VARIANTS["censored"], "model.decoder_width_cap=2"]
 
 
 def prepare_dataset(name: str, work: Path, synth: dict | None = None) -> Path:
