@@ -221,7 +221,8 @@ class WeightAverage:
                 current.append(v.detach())
             else:
                 self.state[k].copy_(v)
-        torch._foreach_lerp_(averaged, current, weight)  # one fused pass over all tensors instead of one per tensor
+        if averaged:  # one fused pass over all tensors instead of one per tensor
+            torch._foreach_lerp_(averaged, current, weight)
 
     def copy_to(self, model: torch.nn.Module) -> None:
         model.load_state_dict(self.state)
