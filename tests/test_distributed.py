@@ -45,6 +45,18 @@ def test_the_global_batch_must_split_evenly():
         local_batch(6, Context(0, 4))
 
 
+def test_the_cli_leaves_the_process_group_it_joined(tmp_path):
+    # a group left to the interpreter's shutdown could abort a finished rank (SIGABRT after "done"): main() leaves it,
+    # after a failed command too
+    from precip_cvae.cli import main
+
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    assert torch.distributed.is_initialized()
+    assert main(["sample", "--config", str(tmp_path / "missing.yaml"), "--quiet"]) == 2
+    assert not torch.distributed.is_initialized()
+
+
 def _launcher(processes: int) -> list[str]:
     if processes == 1:
         return [sys.executable, "-m", "precip_cvae"]

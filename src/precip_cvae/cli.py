@@ -478,6 +478,14 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        if "precip_cvae.distributed" in sys.modules:  # a command that may have joined a process group
+            sys.modules["precip_cvae.distributed"].leave()
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
     show_traceback = args.traceback or bool(os.environ.get("PRECIP_CVAE_TRACEBACK"))

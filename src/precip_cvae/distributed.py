@@ -126,6 +126,14 @@ def context(device: torch.device) -> Context:
     return Context(rank, world, local_rank)
 
 
+def leave() -> None:
+    """Leave the process group, if this process joined one. Called before the interpreter exits: a gloo group torn
+    down by the interpreter's own shutdown can abort the process ("terminate called without an active exception")
+    after its work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank_device(device: torch.device, ctx: Context) -> torch.device:
     """This rank's device: ``cuda:LOCAL_RANK`` under a multi-process CUDA run, else ``device``."""
     if ctx.active and device.type == "cuda":
