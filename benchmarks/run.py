@@ -242,18 +242,14 @@ def experiment_step_rates(root: Path, device: torch.device, steps: int) -> dict:
                       val_every=0)  # fmt: skip
     examples = ex.Examples(data, SampleStore(root / "no-samples"))
     plan = ex.plan_arms(data, options, examples)["baseline"]
-    rates, saved = {}, ex.IN_MEMORY_BYTES
-    try:
-        for where, limit in (("memory", saved), ("disk", 0)):
-            ex.IN_MEMORY_BYTES = limit
-            ex.train_run(plan, examples, data, replace(options, steps=5), 0, config, device)
-            _sync(device)
-            started = time.perf_counter()
-            ex.train_run(plan, examples, data, options, 0, config, device)
-            _sync(device)
-            rates[where] = steps / (time.perf_counter() - started)
-    finally:
-        ex.IN_MEMORY_BYTES = saved
+    rates = {}
+    for where, limit in (("memory", ex.IN_MEMORY_BYTES), ("disk", 0)):
+        ex.train_run(plan, examples, data, replace(options, steps=5), 0, config, device, memory_bytes=limit)
+        _sync(device)
+        started = time.perf_counter()
+        ex.train_run(plan, examples, data, options, 0, config, device, memory_bytes=limit)
+        _sync(device)
+        rates[where] = steps / (time.perf_counter() - started)
     return rates
 
 

@@ -167,7 +167,7 @@ def test_runs_in_parallel_processes_equal_runs_one_after_another(prepared, tmp_p
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_batches_from_memory_equal_the_dataloader_s(trained, tmp_path, monkeypatch):
+def test_batches_from_memory_equal_the_dataloader_s(trained, tmp_path):
     """The in-memory rows (real days loaded once per process, then the arm's synthetic rows) give the runs the
     DataLoader gives, bit for bit: same rows, same order, same BatchNorm re-estimation draws."""
     from precip_cvae.data.sample_store import SampleStore
@@ -191,9 +191,7 @@ def test_batches_from_memory_equal_the_dataloader_s(trained, tmp_path, monkeypat
         assert torch.equal(tensor, expected)
     for arm in ("baseline", "augment_newx"):
         in_memory, _ = ex.train_run(plans[arm], examples, data, options, 3, trained, device)
-        with monkeypatch.context() as m:
-            m.setattr(ex, "IN_MEMORY_BYTES", 0)
-            from_disk, _ = ex.train_run(plans[arm], examples, data, options, 3, trained, device)
+        from_disk, _ = ex.train_run(plans[arm], examples, data, options, 3, trained, device, memory_bytes=0)
         for (name, a), b in zip(in_memory.state_dict().items(), from_disk.state_dict().values(), strict=True):
             assert torch.equal(a, b), (arm, name)
 

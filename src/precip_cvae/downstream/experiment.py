@@ -116,8 +116,9 @@ def _cell_index(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, points, side="right") - 1
 
 
-#: Largest in-memory copy of an arm's rows, in bytes: below it a run loads every row once and draws its batches from
-#: memory (on its device); above it a DataLoader reads each batch's rows from disk.
+#: Largest in-memory copy of an arm's rows, in bytes, shared by an experiment's processes (``experiment.jobs``): below
+#: its share a run loads every row once and draws its batches from memory (on its device); above it a DataLoader reads
+#: each batch's rows from disk.
 IN_MEMORY_BYTES = 2 * 1024**3
 
 
@@ -326,7 +327,7 @@ def _srdrn_forward(model: torch.nn.Module, batch: dict, generator: torch.Generat
 
 def train_run(
     plan: ArmPlan, examples: Examples, data: PreparedData, options: ExperimentConfig, seed: int, config: Config,
-    device: torch.device, progress: bool = False,
+    device: torch.device, progress: bool = False, memory_bytes: int = IN_MEMORY_BYTES,
 ) -> tuple[SRDRN, dict]:  # fmt: skip
     """Train one SRDRN for ``options.steps`` steps on the arm's rows, through the cVAE's training-loop pieces
     (:mod:`precip_cvae.loop`: DataLoader, mixed precision per ``train.amp``, ``experiment.grad_clip``, NaN guard).
@@ -337,8 +338,9 @@ def train_run(
     ``experiment.ema`` > 0 trains as usual but validates, keeps and returns the moving average of the weights
     (:class:`~precip_cvae.loop.WeightAverage` with that decay) instead of the optimizer's last point.
     ``experiment.val_every`` > 0 scores the validation days every that many steps (never test days) and keeps the
-    weights with the best :func:`validation_score`. Returns the model (in eval mode) and the selection record: the
-    validation scores by step, the best step and score."""
+    weights with the best :func:`validation_score`. The arm's rows are held in memory when they take at most
+    ``memory_bytes``, else read from disk batch by batch (the same batches either way). Returns the model (in eval
+    mode) and the selection record: the validation scores by step, the best step and score."""
     torch.manual_seed(seed)
     n_out = len(options.quantiles) if plan.quantile else 1
     model = SRDRN(data.n_channels, data.lr_shape, data.hr_shape, len(data.static_names), options.filters,
@@ -347,7 +349,7 @@ def train_run(
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     draws = torch.Generator().manual_seed(seed)
     memory = None
-    if len(plan.rows) * examples.row_bytes() <= IN_MEMORY_BYTES:
+    if len(plan.rows) * examples.row_bytes() <= memory_bytes:
         weights = torch.as_tensor(plan.weights, dtype=torch.float32)
         memory = {k: v.to(device) for k, v in {**examples.stacked(plan.rows), "weight": weights}.items()}
 
@@ -712,15 +714,19 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
     skipped = {arm: why for arm, why in plans.items() if isinstance(why, str)}
     runs = [(arm, s) for arm, p in plans.items() if isinstance(p, ArmPlan) for s in range(options.seeds)]
     settings = run_settings(options, config, data, examples)
-    todo = [(arm, s) for arm, s in runs if not run_path(runs_dir, arm, s).is_file()]
-    for arm, s in runs:
-        if (arm, s) not in todo:
-            check_run_settings(run_path(runs_dir, arm, s), settings)
+    finished = {
+        run: json.loads(run_path(runs_dir, *run).read_text()) for run in runs if run_path(runs_dir, *run).is_file()
+    }
+    for run, record in finished.items():
+        check_run_settings(run_path(runs_dir, *run), record, settings)
+    todo = [run for run in runs if run not in finished]
     if options.jobs > 1 and len(todo) > 1:
+        jobs = min(options.jobs, len(todo))
         threads = max(1, (os.cpu_count() or 1) // options.jobs)
         context = torch.multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(options.jobs, len(todo)), mp_context=context, initializer=_start_worker,
-                                 initargs=(config, options, str(device), threads)) as pool:  # fmt: skip
+        share = IN_MEMORY_BYTES // jobs  # each process holds its own rows
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                                 initargs=(config, options, str(device), threads, share)) as pool:  # fmt: skip
             futures = [pool.submit(_worker_run, arm, seed, str(runs_dir), settings) for arm, seed in todo]
             try:
                 for future in tqdm(as_completed(futures), total=len(futures), desc="experiment", unit="run",
@@ -735,7 +741,8 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
             _run_one(plans[arm], examples, data, options, seed, config, device, runs_dir, settings, progress)
     results: dict[str, list[dict]] = {}
     for arm, seed in runs:
-        results.setdefault(arm, []).append(json.loads(run_path(runs_dir, arm, seed).read_text()))
+        record = finished.get((arm, seed)) or json.loads(run_path(runs_dir, arm, seed).read_text())
+        results.setdefault(arm, []).append(record)
     summary = summarize(results)
     report = {
         "options": asdict(options),
@@ -770,11 +777,11 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
 
 
 def _run_one(plan: ArmPlan, examples: Examples, data: PreparedData, options: ExperimentConfig, seed: int,
-             config: Config, device: torch.device, runs_dir: Path, settings: dict,
-             progress: bool = False) -> None:  # fmt: skip
+             config: Config, device: torch.device, runs_dir: Path, settings: dict, progress: bool = False,
+             memory_bytes: int = IN_MEMORY_BYTES) -> None:  # fmt: skip
     """Train and score one (arm, seed) and store it: its map first, then its JSON (with the ``settings`` it was
     trained under), which marks the run done."""
-    model, selection = train_run(plan, examples, data, options, seed, config, device, progress=progress)
+    model, selection = train_run(plan, examples, data, options, seed, config, device, progress, memory_bytes)
     scores = {**score_run(model, plan, data, options, device), "selection": selection}
     field = scores.pop("map")
     save_npy(map_path(runs_dir, plan.name, seed), field["mm"])
@@ -798,10 +805,10 @@ def run_settings(options: ExperimentConfig, config: Config, data: PreparedData, 
     }
 
 
-def check_run_settings(path: Path, settings: dict) -> None:
-    """Refuse to mix a finished run made under other settings into this experiment's statistics (a re-run into the
-    same ``--out`` with, e.g., another ``--steps``), naming the first keys that differ."""
-    recorded = json.loads(path.read_text()).get("settings")
+def check_run_settings(path: Path, record: dict, settings: dict) -> None:
+    """Refuse to mix a finished run (``record``, read from ``path``) made under other settings into this experiment's
+    statistics (a re-run into the same ``--out`` with, e.g., another ``--steps``), naming the first keys that differ."""
+    recorded = record.get("settings")
     if recorded is None:
         raise InputError(f"{path}: this run records no settings (an older version made it); use another --out")
     # through JSON, as they were stored: tuples become lists
@@ -816,19 +823,19 @@ def check_run_settings(path: Path, settings: dict) -> None:
 _WORKER: dict = {}
 
 
-def _start_worker(config: Config, options: ExperimentConfig, device: str, threads: int) -> None:
+def _start_worker(config: Config, options: ExperimentConfig, device: str, threads: int, memory_bytes: int) -> None:
     torch.set_num_threads(threads)
     data = PreparedData(config.data.data_root)
     examples = Examples(data, SampleStore(options.source, data))
     plans = plan_arms(data, options, examples)
     _WORKER.update(config=config, options=options, device=torch.device(device), data=data, examples=examples,
-                   plans=plans)  # fmt: skip
+                   plans=plans, memory_bytes=memory_bytes)  # fmt: skip
 
 
 def _worker_run(arm: str, seed: int, runs_dir: str, settings: dict) -> None:
     w = _WORKER
     _run_one(w["plans"][arm], w["examples"], w["data"], w["options"], seed, w["config"], w["device"], Path(runs_dir),
-             settings)  # fmt: skip
+             settings, memory_bytes=w["memory_bytes"])  # fmt: skip
 
 
 def run_path(runs_dir: Path, arm: str, seed: int) -> Path:
