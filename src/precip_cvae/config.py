@@ -49,6 +49,10 @@ class ModelConfig:
 
     ``output``: the output head (``model.heads``): "linear" (the reference: the decoder's channel is the field) or
     "censored" (``max(u, 0 mm/day)`` per pixel: dry pixels exactly dry, amounts continuous above).
+
+    ``decoder_width_cap``: the decoder's channels double from ``base_filters`` at the finest scale toward coarse
+    scales, up to this multiple of ``base_filters`` (2 by default: on a grid of several scales each coarser scale
+    then costs a quarter of the one below it; the reference preset keeps 8).
     """
 
     d_z: int = 16
@@ -61,7 +65,7 @@ class ModelConfig:
     latent_scales: tuple[int, ...] = (8, 4)
     latent_channels: int = 4
     output: str = "censored"
-    decoder_width_cap: int = 8
+    decoder_width_cap: int = 2
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ POOL_SIZE = 4
 #: Target side (pixels) of the decoder's seed and of the encoder's coarsest map.
 SEED_MIN_SIDE = 6
 
-#: Width caps, in multiples of base_filters. The posterior encoder only has to summarize a field into one vector,
-#: so it stays narrower than the decoder; at the default config this cuts it from 6.1 M to 2.7 M parameters.
-DECODER_WIDTH_CAP = 8
+#: Width caps, in multiples of base_filters (the decoder's is ``model.decoder_width_cap``; this is its default). With 2,
+#: the decoder's coarse scales cost a quarter of the scale below them each; the posterior encoder, which only
+#: summarizes a field into one vector, stays at 4.
+DECODER_WIDTH_CAP = 2
 ENCODER_WIDTH_CAP = 4
 
 
