@@ -333,8 +333,9 @@ def test_the_schedule_and_batchnorm_options_run_and_recalibration_changes_only_t
 
 
 def test_a_rerun_keeps_finished_runs_of_the_same_settings_and_refuses_others(prepared, tmp_path):
-    """More seeds (or jobs) reuse the finished runs byte for byte; another budget, the EMA warm-up or another dataset
-    in the same --out is refused, naming the key, before anything is trained."""
+    """More seeds (or jobs, or the sample store read from another path) reuse the finished runs byte for byte; another
+    budget, the EMA warm-up or another dataset in the same --out is refused, naming the key, before anything is
+    trained."""
     from precip_cvae.config import load_config
     from precip_cvae.errors import InputError
 
@@ -348,6 +349,9 @@ def test_a_rerun_keeps_finished_runs_of_the_same_settings_and_refuses_others(pre
     report = run_experiment(config, replace(options, seeds=2), out, progress=False)
     assert (out / "runs" / "baseline_seed0.json").read_bytes() == first
     assert report["summary"]["baseline"]["all"]["MAE_all"]["value"]["n"] == 2
+    # the same samples read from another place (no store either time here: the same manifest hash)
+    run_experiment(config, replace(options, seeds=2, source=str(tmp_path / "moved")), out, progress=False)
+    assert (out / "runs" / "baseline_seed0.json").read_bytes() == first
     for change, key in ((dict(steps=4), "steps"), (dict(ema_warmup=True), "ema_warmup"), (dict(lr=2e-3), "lr")):
         with pytest.raises(InputError, match=f"baseline_seed0.json.*{key}"):
             run_experiment(config, replace(options, **change), out, progress=False)

@@ -788,14 +788,15 @@ def _run_one(plan: ArmPlan, examples: Examples, data: PreparedData, options: Exp
     write_json(run_path(runs_dir, plan.name, seed), {**scores, "map_day": field["day"], "settings": settings})
 
 
-#: Keys of ``experiment`` that do not change what one (arm, seed) run computes: a re-run may add seeds or arms, or
-#: use more processes, and keep the finished runs.
-RUN_INDEPENDENT = ("arms", "seeds", "jobs")
+#: Keys of ``experiment`` that do not change what one (arm, seed) run computes: a re-run may add seeds or arms, use
+#: more processes, or read the same sample store from another place (its manifest's hash stands for its content), and
+#: keep the finished runs.
+RUN_INDEPENDENT = ("arms", "seeds", "jobs", "source")
 
 
 def run_settings(options: ExperimentConfig, config: Config, data: PreparedData, examples: Examples) -> dict:
     """What a finished run's numbers depend on: the ``experiment`` keys but :data:`RUN_INDEPENDENT`, the precision
-    (``train.amp``), and the hashes of the dataset's metadata and of the sample store's manifest."""
+    (``train.amp``), and the hashes of the dataset's metadata and of the sample store's manifest (not its path)."""
     store = examples.store.root / MANIFEST
     return {
         **{k: v for k, v in asdict(options).items() if k not in RUN_INDEPENDENT},
