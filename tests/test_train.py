@@ -227,3 +227,24 @@ def test_a_checkpoint_written_before_the_new_options_loads_as_the_reference_desi
     model = build_model_from_checkpoint(state)
     assert isinstance(model.decoder.output, LinearHead) and len(model.decoder.latents) == 0
     assert model.config.prior == "standard"
+
+
+def test_a_checkpoint_written_before_the_width_cap_loads_with_the_cap_of_8():
+    # the decoder's widths were capped at 8 x base_filters until the key existed; on a grid of three scales (48 x 40)
+    # a cap of 2 is another model (8 channels at the coarsest scale instead of 16)
+    from dataclasses import asdict
+
+    from precip_cvae.config import REFERENCE, ModelConfig
+    from precip_cvae.model import CVAE
+
+    config = ModelConfig(**{**REFERENCE["model"], "d_z": 4, "base_filters": 4, "d_x": 8, "d_y": 8,
+                            "decoder_width_cap": 8})  # fmt: skip
+    model = CVAE(2, 1, (6, 5), (48, 40), config)
+    assert model.decoder.n_up == 2
+    written = {k: v for k, v in asdict(config).items() if k != "decoder_width_cap"}
+    state = {"shapes": {"in_channels": 2, "statics": ["elevation"], "lr_shape": [6, 5], "hr_shape": [48, 40]},
+             "config": {"model": written}, "model_state_dict": model.state_dict()}  # fmt: skip
+    loaded = build_model_from_checkpoint(state)
+    assert loaded.config.decoder_width_cap == 8
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

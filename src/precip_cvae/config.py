@@ -274,6 +274,8 @@ REFERENCE = {
         "base_filters": 64,
         "d_x": 128,
         "d_y": 256,
+        # the decoder's widths doubled up to 8 x base_filters before the key existed (issue 12 made 2 the default)
+        "decoder_width_cap": 8,
     },  # fmt: skip
     "loss": {"beta_kl": 0.5, "crps_weight": 0.0},
 }
