@@ -335,3 +335,26 @@ def test_the_fused_upsample_conv_is_the_conv_of_the_upsampled_map(shape):
     got = torch.autograd.grad((fused * weights).sum(), [x, conv.weight, conv.bias])
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("statics_batch", [1, 3])
+def test_the_head_convolves_the_statics_as_part_of_the_concatenated_input(statics_batch):
+    # float64 reference: the head's first convolution applied to [x; statics] concatenated along channels
+    from precip_cvae.model.decoder import Decoder
+
+    torch.manual_seed(statics_batch)
+    decoder = Decoder(8, 16, (24, 20), 4, n_statics=S, use_statics=True).double()
+    x = torch.randn(3, 4, 24, 20, dtype=torch.float64, requires_grad=True)
+    statics = torch.rand(statics_batch, S, 24, 20, dtype=torch.float64)
+    reference = decoder.head[0](torch.cat([x, statics.expand(3, -1, -1, -1)], dim=1))
+    split = decoder._head_conv(x, statics)
+    torch.testing.assert_close(split, reference, rtol=0, atol=1e-12)
+    weights = torch.randn_like(reference)
+    expected = torch.autograd.grad((reference * weights).sum(), [x, decoder.head[0].weight])
+    got = torch.autograd.grad((split * weights).sum(), [x, decoder.head[0].weight])
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+    with pytest.raises(ValueError, match="statics batch size 2"):
+        decoder._head_conv(x, statics[:1].expand(2, -1, -1, -1))
+    with pytest.raises(ValueError, match="needs the static maps"):
+        decoder._head_conv(x, None)

@@ -100,6 +100,17 @@ class CVAE(nn.Module):
         self._check("statics", statics, self.n_statics, self.hr_shape)
         return _expand_batch(statics, batch)
 
+    def _decoder_statics(self, statics: torch.Tensor | None, batch: int, n: int) -> torch.Tensor | None:
+        """The static maps for decoding ``n`` draws of each of ``batch`` days: given once, (1, S_ch, H, W), they stay
+        once (the decoder broadcasts them, :meth:`Decoder._head_conv`); given per day, each day's row is repeated
+        ``n`` times. None when the decoder takes no statics."""
+        if not self.decoder.use_statics:
+            return None
+        statics = self._statics(statics, batch)
+        if statics.shape[0] == 1 or statics.stride(0) == 0:  # one set of maps, perhaps expanded: no copies
+            return statics[:1]
+        return statics.repeat_interleave(n, dim=0) if n > 1 else statics
+
     # -- the pieces --
 
     def encode_x(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -161,7 +172,7 @@ class CVAE(nn.Module):
     ) -> torch.Tensor:
         """(B, d_z), (B, d_x), (B or 1, S_ch, H, W) or None -> (B, 1, H, W) normalized precipitation; spatial
         latents (if any) as ``spatial`` says (default: from their prior)."""
-        statics = self._statics(statics, z.shape[0]) if self.decoder.use_statics else None
+        statics = self._decoder_statics(statics, z.shape[0], 1)
         return self.decoder(z, h_x, statics, spatial)
 
     # -- training and sampling --
@@ -184,9 +195,7 @@ class CVAE(nn.Module):
         z = mu[:, None] + temperature * torch.exp(0.5 * logvar)[:, None] * eps
         # Decode all B * n draws as one batch; day b's draws are rows b*n ... b*n + n-1.
         h_rep = h_x.repeat_interleave(n, dim=0)
-        statics_rep = None
-        if self.decoder.use_statics:
-            statics_rep = self._statics(statics, B).repeat_interleave(n, dim=0)
+        statics_rep = self._decoder_statics(statics, B, n)
         maps = None if encoder_maps is None else [m.repeat_interleave(n, dim=0) for m in encoder_maps]
         spatial = SpatialContext(maps, temperature, generator)
         out = self.decoder(z.reshape(B * n, self.d_z), h_rep, statics_rep, spatial)
