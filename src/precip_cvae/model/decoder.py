@@ -38,7 +38,7 @@ class FiLM(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         scale, shift = self.proj(cond)[:, :, None, None].chunk(2, dim=1)
-        return x * (1 + scale) + shift
+        return torch.addcmul(shift, x, 1 + scale)  # shift + x * (1 + scale) in one pass over x
 
 
 class UpBlock(nn.Module):
