@@ -25,7 +25,8 @@ Rows (absolute numbers for information, the ratio is the figure to compare acros
 - ``experiment``: training steps/s of the downstream experiment's SRDRN with its batches drawn from memory ÷ read
   from disk by a DataLoader (above 1: memory is faster).
 - ``evaluate``: test days/s of `evaluate` at K = 16 (model, analogs, climatology, oracle) ÷ drawing the model's
-  samples alone: the share of its time spent drawing (the rest is baselines and scoring).
+  samples alone: the share of its time spent drawing (the rest is baselines, scoring and the figures); and the rate
+  per further test day, from the test splits of two dataset sizes (the fixed costs, figures and imports, cancel).
 - ``prepare``: a random SRDRN directory at the reference geometry, 2,000 days (and 15,000 without --quick): seconds
   ÷ copying the directory, and the peak resident memory ÷ the size of its obs arrays (the libraries take a fixed
   ~300 MiB, so the ratio falls below 1 only for large inputs: it streams).
@@ -273,7 +274,8 @@ def evaluate_rate(root: Path, device: str, K: int) -> dict:
     for start in range(0, len(days), 16):
         generator.draw(days[start : start + 16], K, "prior", 1.0, rng)
     draw_seconds = time.perf_counter() - started
-    return {"days_per_s": len(days) / evaluate_seconds, "draw_days_per_s": len(days) / draw_seconds}
+    return {"days": len(days), "seconds": evaluate_seconds, "days_per_s": len(days) / evaluate_seconds,
+            "draw_days_per_s": len(days) / draw_seconds}  # fmt: skip
 
 
 def main() -> None:
@@ -370,8 +372,14 @@ def main() -> None:
         row("experiment, demo size: SRDRN steps/s, batches from memory", x["memory"], "steps/s", x["disk"],
             "the same batches read from disk by a DataLoader", False)  # fmt: skip
         e = evaluate_rate(tmp / "base", str(device), K=16)
-        row("evaluate K = 16, demo size: test days/s", e["days_per_s"], "days/s", e["draw_days_per_s"],
-            "drawing its samples alone (= the share of its time spent drawing)", True)  # fmt: skip
+        row(f"evaluate K = 16, demo size ({e['days']} test days): test days/s", e["days_per_s"], "days/s",
+            e["draw_days_per_s"], "drawing its samples alone (= the share of its time spent drawing)", True)  # fmt: skip
+        # the fixed costs (figures, imports, setup) cancel in the difference of two test splits
+        e2 = evaluate_rate(tmp / "twice the days", str(device), K=16)
+        marginal = (e2["days"] - e["days"]) / (e2["seconds"] - e["seconds"])
+        row(f"evaluate K = 16, demo size: days/s per further test day ({e['days']} -> {e2['days']} days)", marginal,
+            "days/s", e2["draw_days_per_s"], "drawing its samples alone (= the share of its time spent drawing)",
+            False)  # fmt: skip
     for days in (2000,) if args.quick else (2000, 15000):
         # in a small process of its own: a child forked from this one (torch, models) would inherit its peak RSS
         with tempfile.TemporaryDirectory() as tmp:
