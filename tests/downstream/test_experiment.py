@@ -405,3 +405,24 @@ def test_runs_whose_heavy_day_p99_is_off_by_more_than_100_percent_are_named():
     assert [(b["arm"], b["seed"]) for b in found] == [("baseline", 1)]
     assert found[0]["relative_bias"] == pytest.approx(1.5) and found[0]["sim"] == pytest.approx(100.0)
     assert blowups({"baseline": [run(-0.5)]})[0]["relative_bias"] == pytest.approx(-1.5)
+
+
+def test_verdict_names_the_arms_that_are_worse_than_the_baseline_beyond_the_noise():
+    def block(mean, low=None, high=None):
+        entry = {"value": {"mean": mean, "low": mean - 1, "high": mean + 1, "n": 5},
+                 "minus_baseline": {"mean": mean - 10, "low": None, "high": None, "n": 5}}  # fmt: skip
+        if low is not None:
+            entry["paired"] = {"mean": mean - 10, "se": 0.1, "n_seeds": 5, "n_days": 30, "block": 7, "low": low,
+                               "high": high, "mde": 0.3}  # fmt: skip
+        return {"heavy": {"MAE_tail": entry}}
+
+    summary = {"baseline": block(10), "reweight": block(10.1, -0.1, 0.3), "augment": block(10.5, 0.2, 0.8),
+               "quantile": block(11, 0.6, 1.4)}  # fmt: skip
+    text = verdict(summary)
+    assert "no alternative beat the plain baseline (the nearest, reweight, by +0.10 mm/day" in text
+    assert ("Worse than the baseline beyond the noise (paired difference, 95 % interval): augment (+0.50 mm/day, "
+            "[+0.20, +0.80]), quantile (+1.00 mm/day, [+0.60, +1.40]).") in text  # fmt: skip
+    assert text.endswith("Ranking by this metric: baseline < reweight < augment < quantile.")
+    summary["augment"] = block(10.2, -0.2, 0.6)
+    summary["quantile"] = block(10.3, -0.1, 0.7)
+    assert "Worse than" not in verdict(summary)

@@ -623,6 +623,19 @@ def summarize(results: dict[str, list[dict]]) -> dict:
     return summary
 
 
+def _worse_than_baseline(summary: dict, subset: str, key: str) -> str:
+    """A sentence naming the arms whose paired difference to ``baseline`` lies above zero (worse beyond the noise),
+    or "" when none does: an arm that hurts is as much an answer as one that helps."""
+    worse = []
+    for arm, entry in summary.items():
+        paired = entry[subset][key].get("paired") if arm != "baseline" else None
+        if paired is not None and np.isfinite(paired["se"]) and paired["low"] > 0:
+            worse.append(f"{arm} ({paired['mean']:+.2f} mm/day, [{paired['low']:+.2f}, {paired['high']:+.2f}])")
+    if not worse:
+        return ""
+    return " Worse than the baseline beyond the noise (paired difference, 95 % interval): " + ", ".join(worse) + "."
+
+
 def verdict(summary: dict) -> str:
     """The first paragraph of experiment.md: which arm is best for extremes, by how much, is it noise, and how small a
     difference the run could have seen — in sentences a reader can quote."""
@@ -638,7 +651,7 @@ def verdict(summary: dict) -> str:
     best = ranked[0]
     value = summary[best][subset][key]["value"]
     base = summary["baseline"][subset][key]["value"]["mean"] if "baseline" in summary else None
-    ranking = " Ranking by this metric: " + " < ".join(ranked) + "."
+    ranking = _worse_than_baseline(summary, subset, key) + " Ranking by this metric: " + " < ".join(ranked) + "."
     paired = summary[best][subset][key].get("paired") if best != "baseline" and base is not None else None
     if paired is not None and np.isfinite(paired["se"]):
         where = f"On the {paired['n_days']} {subset} test days"
