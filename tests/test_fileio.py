@@ -203,3 +203,53 @@ def test_a_full_disk_stops_a_stage_cleanly_and_keeps_the_previous_output(trained
     assert "error: the disk is full while writing" in err and "free space" in err and "Traceback" not in err
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]
+
+
+def _record_flushes(monkeypatch):
+    """Record what is flushed to the disk: ("fsync", path, exists-as-named) and ("syncfs", path)."""
+    from precip_cvae import fileio
+
+    calls = []
+    real = fileio._fsync
+    monkeypatch.setattr(fileio, "_fsync", lambda p: (calls.append(("fsync", Path(p).name, Path(p).exists())), real(p)))
+    return calls
+
+
+def test_a_written_file_is_on_the_disk_before_its_rename_and_the_rename_after(tmp_path, monkeypatch):
+    from precip_cvae.fileio import write_text
+
+    calls = _record_flushes(monkeypatch)
+    write_text(tmp_path / "report.md", "done\n")
+    # the temporary file first (the final name does not exist yet), then the directory that holds the rename
+    assert [c[0] for c in calls] == ["fsync", "fsync"]
+    assert calls[0][1].startswith(".report.md.") and calls[0][1].endswith(".tmp")
+    assert calls[1][1] == tmp_path.name and (tmp_path / "report.md").read_text() == "done\n"
+
+
+@pytest.mark.parametrize("syncfs", [True, False])
+def test_a_staged_directory_is_flushed_as_a_whole_before_it_is_published(tmp_path, monkeypatch, syncfs):
+    from precip_cvae import fileio
+
+    calls = _record_flushes(monkeypatch)
+    synced = []
+    if syncfs:
+        monkeypatch.setattr(fileio, "_SYNCFS", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or 0)
+    else:
+        monkeypatch.setattr(fileio, "_SYNCFS", None)
+    out = tmp_path / "evaluation"
+    with staged_directory(out) as root:
+        (root / "figures").mkdir()
+        fileio.write_text(root / "figures" / "a.txt", "a")
+        fileio.save_npy(root / "b.npy", np.arange(3))
+        assert calls == []  # files inside a staging directory are not flushed one by one
+    assert (out / "figures" / "a.txt").read_text() == "a"
+    if syncfs:  # one syncfs of the staging directory's filesystem, then the parent that holds the rename
+        assert len(synced) == 1 and synced[0].endswith(".partial") and ".evaluation." in synced[0]
+        assert calls == [("fsync", tmp_path.name, True)]
+    else:  # each file, then each directory deepest first, all under their staging names; then the parent
+        names = [c[1] for c in calls]
+        assert sorted(names[:2]) == ["a.txt", "b.npy"] and names[2] == "figures"
+        assert names[3].startswith(".evaluation.") and names[3].endswith(".partial")
+        assert names[4:] == [tmp_path.name] and not any(c[2] is False for c in calls)
+    fileio.write_text(tmp_path / "after.txt", "x")  # outside any staging directory: flushed on its own again
+    assert calls[-2][1].startswith(".after.txt.")
