@@ -27,7 +27,8 @@ from tests.cases import TINY_MODEL
 #: Files whose bytes name the output directory or the time of the run: compared after replacing the directory.
 TEXT = (".md", ".yaml", ".txt")
 #: Keys of JSON and CSV files that may differ between two good runs: durations, and whether --overwrite was given.
-TIMINGS = {"seconds", "elapsed_s", "wall_s", "duration_s", "train_seconds", "overwrite"}
+TIMINGS = {"seconds", "seconds_total", "seconds_mean", "elapsed_s", "wall_s", "duration_s", "train_seconds",
+           "overwrite"}  # fmt: skip
 
 
 @dataclass
@@ -130,7 +131,8 @@ def contents(out: Path, root: Path) -> dict[str, object]:
             found[name] = [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
         elif path.suffix in TEXT:
             text = path.read_text().replace(str(root), "<root>")
-            found[name] = "\n".join(line for line in text.splitlines() if "seconds" not in line and " s)" not in line)
+            timed = ("seconds", " s)", "Compute: ")
+            found[name] = "\n".join(line for line in text.splitlines() if not any(t in line for t in timed))
         elif path.suffix == ".nc":
             with xr.open_dataset(path, decode_times=False) as ds:
                 found[name] = {k: v.values.tobytes() for k, v in ds.load().variables.items()}

@@ -132,6 +132,13 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     assert (out / "qq_per_arm.png").is_file() and (out / "bars_MAE_tail_all.png").is_file()
     assert (out / "map_per_arm.png").is_file() and "weights (decay 0.9)" in text and "MDE (80 % power)" in text
     assert json.loads((out / "runs" / "augment_seed0.json").read_text())["selection"]["best_step"] in (3, 6)
+    # what the runs cost: each records its seconds, device and threads; the report sums them
+    costs = [json.loads(p.read_text())["cost"] for p in (out / "runs").glob("*.json")]
+    assert len(costs) == 2 * len(report["arms"]) and all(c["seconds"] > 0 and c["device"] == "cpu" for c in costs)
+    compute = report["compute"]
+    assert compute["runs"] == compute["timed"] == len(costs)
+    assert compute["seconds_total"] == pytest.approx(sum(c["seconds"] for c in costs), rel=1e-9)
+    assert f"Compute: {compute['seconds_mean'] / 60:.1f} minutes per run (training and scoring) on cpu, " in text
     # each run keeps per-test-day sums that add up to its scores (the bootstrap's inputs)
     run = json.loads((out / "runs" / "baseline_seed0.json").read_text())
     daily, heavy = run["daily"], np.array(run["daily"]["heavy"])
@@ -426,3 +433,16 @@ def test_verdict_names_the_arms_that_are_worse_than_the_baseline_beyond_the_nois
     summary["augment"] = block(10.2, -0.2, 0.6)
     summary["quantile"] = block(10.3, -0.1, 0.7)
     assert "Worse than" not in verdict(summary)
+
+
+def test_compute_cost_by_hand():
+    from precip_cvae.downstream.experiment import compute_cost
+
+    def run(seconds=None, device="cpu", threads=1):
+        return {"cost": {"seconds": seconds, "device": device, "threads": threads}} if seconds else {}
+
+    results = {"baseline": [run(60), run(120)], "augment": [run(90, "cuda:0", 16), run()]}
+    cost = compute_cost(results)
+    assert cost == {"runs": 4, "timed": 3, "seconds_total": 270.0, "seconds_mean": 90.0,
+                    "devices": ["cpu, 1 thread", "cuda:0, 16 threads"]}  # fmt: skip
+    assert compute_cost({"baseline": [run(), run()]}) is None

@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -778,6 +779,7 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
         "verdict": verdict(summary),
         "blowups": blowups(results),
         "convergence": convergence(results["baseline"]) if "baseline" in results else None,
+        "compute": compute_cost(results),
     }
     write_json(out_dir / "experiment.json", report)
     from precip_cvae.downstream.report import write_experiment_report
@@ -793,12 +795,28 @@ def _run_one(plan: ArmPlan, examples: Examples, data: PreparedData, options: Exp
              config: Config, device: torch.device, runs_dir: Path, settings: dict, progress: bool = False,
              memory_bytes: int = IN_MEMORY_BYTES) -> None:  # fmt: skip
     """Train and score one (arm, seed) and store it: its map first, then its JSON (with the ``settings`` it was
-    trained under), which marks the run done."""
+    trained under and what it cost: seconds, device, CPU threads), which marks the run done."""
+    started = time.perf_counter()
     model, selection = train_run(plan, examples, data, options, seed, config, device, progress, memory_bytes)
     scores = {**score_run(model, plan, data, options, device), "selection": selection}
     field = scores.pop("map")
+    cost = {"seconds": time.perf_counter() - started, "device": str(device), "threads": torch.get_num_threads()}
     save_npy(map_path(runs_dir, plan.name, seed), field["mm"])
-    write_json(run_path(runs_dir, plan.name, seed), {**scores, "map_day": field["day"], "settings": settings})
+    write_json(run_path(runs_dir, plan.name, seed),
+               {**scores, "map_day": field["day"], "settings": settings, "cost": cost})  # fmt: skip
+
+
+def compute_cost(results: dict[str, list[dict]]) -> dict | None:
+    """What the runs cost, from the ``cost`` each recorded (runs stored before it was kept have none): how many were
+    timed, their total and mean seconds, and the devices and CPU threads they ran on. None when no run was timed."""
+    costs = [run["cost"] for runs in results.values() for run in runs if run.get("cost")]
+    if not costs:
+        return None
+    seconds = [c["seconds"] for c in costs]
+    return {"runs": sum(len(runs) for runs in results.values()), "timed": len(costs),
+            "seconds_total": float(np.sum(seconds)), "seconds_mean": float(np.mean(seconds)),
+            "devices": sorted({f"{c['device']}, {c['threads']} thread{'s' if c['threads'] > 1 else ''}"
+                               for c in costs})}  # fmt: skip
 
 
 #: Keys of ``experiment`` that do not change what one (arm, seed) run computes: a re-run may add seeds or arms, use

@@ -125,6 +125,12 @@ def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = Non
                 )
             ),
         ]
+    cost = report.get("compute")
+    if cost:
+        timed = "" if cost["timed"] == cost["runs"] else f" ({cost['timed']} of {cost['runs']} runs timed)"
+        lines += ["", (f"Compute: {cost['seconds_mean'] / 60:.1f} minutes per run (training and scoring) on "
+                       f"{'; '.join(cost['devices'])}, {cost['seconds_total'] / 3600:.2f} hours in all{timed}; "
+                       "the wall time is this divided by the runs trained at once (--jobs).")]  # fmt: skip
     bad = report.get("blowups") or []
     if bad:
         runs = "; ".join(f"`{b['arm']}` seed {b['seed']}: P99 {b['sim']:.1f} vs {b['obs']:.1f} mm/day "
