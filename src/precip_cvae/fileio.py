@@ -251,12 +251,12 @@ def staged_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
         try:
             with full_disk_as_enospc(tmp):
                 yield tmp
+                _flush_tree(tmp)  # the content is on the disk before the rename that publishes it
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         finally:
             _STAGING.discard(tmp)
-        _flush_tree(tmp)  # the content is on the disk before the rename that publishes it
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
