@@ -372,14 +372,14 @@ def main() -> None:
         row("experiment, demo size: SRDRN steps/s, batches from memory", x["memory"], "steps/s", x["disk"],
             "the same batches read from disk by a DataLoader", False)  # fmt: skip
         e = evaluate_rate(tmp / "base", str(device), K=16)
+        share = "drawing its samples alone (= the share of its time spent drawing)"
         row(f"evaluate K = 16, demo size ({e['days']} test days): test days/s", e["days_per_s"], "days/s",
-            e["draw_days_per_s"], "drawing its samples alone (= the share of its time spent drawing)", True)  # fmt: skip
+            e["draw_days_per_s"], share, True)  # fmt: skip
         # the fixed costs (figures, imports, setup) cancel in the difference of two test splits
         e2 = evaluate_rate(tmp / "twice the days", str(device), K=16)
         marginal = (e2["days"] - e["days"]) / (e2["seconds"] - e["seconds"])
         row(f"evaluate K = 16, demo size: days/s per further test day ({e['days']} -> {e2['days']} days)", marginal,
-            "days/s", e2["draw_days_per_s"], "drawing its samples alone (= the share of its time spent drawing)",
-            False)  # fmt: skip
+            "days/s", e2["draw_days_per_s"], share, False)  # fmt: skip
     for days in (2000,) if args.quick else (2000, 15000):
         # in a small process of its own: a child forked from this one (torch, models) would inherit its peak RSS
         with tempfile.TemporaryDirectory() as tmp:

@@ -624,6 +624,10 @@ def summarize(results: dict[str, list[dict]]) -> dict:
     return summary
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 def _worse_than_baseline(summary: dict, subset: str, key: str) -> str:
     """A sentence naming the arms whose paired difference to ``baseline`` lies above zero (worse beyond the noise),
     or "" when none does: an arm that hurts is as much an answer as one that helps."""
@@ -656,8 +660,8 @@ def verdict(summary: dict) -> str:
     paired = summary[best][subset][key].get("paired") if best != "baseline" and base is not None else None
     if paired is not None and np.isfinite(paired["se"]):
         where = f"On the {paired['n_days']} {subset} test days"
-        interval = (f"95 % interval [{paired['low']:+.2f}, {paired['high']:+.2f}] over {paired['n_seeds']} seeds and "
-                    f"test days resampled in {paired['block']}-day blocks")  # fmt: skip
+        interval = (f"95 % interval [{paired['low']:+.2f}, {paired['high']:+.2f}] over "
+                    f"{_seeds(paired['n_seeds'])} and test days resampled in {paired['block']}-day blocks")  # fmt: skip
         if paired["n_seeds"] < 2:
             interval += "; one seed: the interval covers the choice of test days, not seed-to-seed variation"
         detect = (f"the smallest difference this run could detect with 80 % power is {paired['mde']:.2f} mm/day "
@@ -679,7 +683,7 @@ def verdict(summary: dict) -> str:
         text += f" against {base:.2f} for the baseline (paired difference {diff['mean']:+.2f} mm/day"
         if diff["low"] is not None:
             beyond = diff["high"] < 0 or diff["low"] > 0
-            text += f", 95 % interval [{diff['low']:+.2f}, {diff['high']:+.2f}] over {diff['n']} seeds: "
+            text += f", 95 % interval [{diff['low']:+.2f}, {diff['high']:+.2f}] over {_seeds(diff['n'])}: "
             text += (
                 "larger than the seed-to-seed noise)." if beyond else "not distinguishable from seed-to-seed noise)."
             )

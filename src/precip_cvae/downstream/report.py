@@ -82,7 +82,8 @@ def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = Non
         "",
         report["verdict"],
         "",
-        f"Settings: {o['seeds']} seeds per arm, {o['steps']} gradient steps of {o['batch_size']} days each, "
+        f"Settings: {o['seeds']} seed{'s' if o['seeds'] != 1 else ''} per arm, {o['steps']} gradient steps of "
+        f"{o['batch_size']} days each, "
         f"SRDRN with {o['filters']} filters and {o['n_blocks']} residual blocks, Adam lr {o['lr']}; quantiles "
         f"{list(o['quantiles'])}; {report['test_days']} test days, {report['heavy_test_days']} heavy. Values: mean "
         "and 95 % interval over seeds (Student t); 'minus baseline' is the paired difference, same seed. All in "
