@@ -226,16 +226,10 @@ def test_a_written_file_is_on_the_disk_before_its_rename_and_the_rename_after(tm
     assert calls[1][1] == tmp_path.name and (tmp_path / "report.md").read_text() == "done\n"
 
 
-@pytest.mark.parametrize("syncfs", [True, False])
-def test_a_staged_directory_is_flushed_as_a_whole_before_it_is_published(tmp_path, monkeypatch, syncfs):
+def test_a_staged_directory_is_flushed_as_a_whole_before_it_is_published(tmp_path, monkeypatch):
     from precip_cvae import fileio
 
     calls = _record_flushes(monkeypatch)
-    synced = []
-    if syncfs:
-        monkeypatch.setattr(fileio, "_SYNCFS", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or 0)
-    else:
-        monkeypatch.setattr(fileio, "_SYNCFS", None)
     out = tmp_path / "evaluation"
     with staged_directory(out) as root:
         (root / "figures").mkdir()
@@ -243,13 +237,10 @@ def test_a_staged_directory_is_flushed_as_a_whole_before_it_is_published(tmp_pat
         fileio.save_npy(root / "b.npy", np.arange(3))
         assert calls == []  # files inside a staging directory are not flushed one by one
     assert (out / "figures" / "a.txt").read_text() == "a"
-    if syncfs:  # one syncfs of the staging directory's filesystem, then the parent that holds the rename
-        assert len(synced) == 1 and synced[0].endswith(".partial") and ".evaluation." in synced[0]
-        assert calls == [("fsync", tmp_path.name, True)]
-    else:  # each file, then each directory deepest first, all under their staging names; then the parent
-        names = [c[1] for c in calls]
-        assert sorted(names[:2]) == ["a.txt", "b.npy"] and names[2] == "figures"
-        assert names[3].startswith(".evaluation.") and names[3].endswith(".partial")
-        assert names[4:] == [tmp_path.name] and not any(c[2] is False for c in calls)
+    # each file, then each directory deepest first, all under their staging names; then the parent of the rename
+    names = [c[1] for c in calls]
+    assert sorted(names[:2]) == ["a.txt", "b.npy"] and names[2] == "figures"
+    assert names[3].startswith(".evaluation.") and names[3].endswith(".partial")
+    assert names[4:] == [tmp_path.name] and not any(c[2] is False for c in calls)
     fileio.write_text(tmp_path / "after.txt", "x")  # outside any staging directory: flushed on its own again
     assert calls[-2][1].startswith(".after.txt.")

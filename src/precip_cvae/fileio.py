@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +42,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _syncfs_function():
-    """libc's ``syncfs`` (Linux), or None."""
-    try:
-        import ctypes
-
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    return function
-
-
-_SYNCFS = _syncfs_function()
-
 #: Staging directories this process is building: their files are flushed together before they are published, so
 #: a file written inside one is not flushed on its own (a prepare of 15,000 days writes 30,000 of them).
 _STAGING: set[Path] = set()
@@ -65,20 +52,16 @@ def _inside_staging(path: Path) -> bool:
 
 
 def _flush_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` to the disk: one ``syncfs`` of its filesystem where the system
-    has it (one journal commit), else each file and then each directory, deepest first."""
-    if _SYNCFS is not None:
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            if _SYNCFS(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    directories = [root]
-    for parent, dirs, files in os.walk(root):
-        for name in files:
-            _fsync(Path(parent) / name)
+    """Flush every file under ``root`` to the disk, then its directories (their entries), deepest first.
+
+    Only this tree's files (a ``syncfs`` of the whole filesystem would also wait for every other writer's data),
+    from a few threads at once, so that the filesystem can commit them together."""
+    files, directories = [], [root]
+    for parent, dirs, names in os.walk(root):
+        files += [Path(parent) / name for name in names]
         directories += [Path(parent) / d for d in dirs]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(_fsync, files))
     for directory in reversed(directories):
         _fsync(directory)
 
