@@ -136,9 +136,11 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     costs = [json.loads(p.read_text())["cost"] for p in (out / "runs").glob("*.json")]
     assert len(costs) == 2 * len(report["arms"]) and all(c["seconds"] > 0 and c["device"] == "cpu" for c in costs)
     compute = report["compute"]
+    assert all(0 < c["cpu_seconds"] for c in costs) and compute["cpu_timed"] == len(costs)
     assert compute["runs"] == compute["timed"] == len(costs)
     assert compute["seconds_total"] == pytest.approx(sum(c["seconds"] for c in costs), rel=1e-9)
     assert f"Compute: {compute['seconds_mean'] / 60:.1f} minutes per run (training and scoring) on cpu, " in text
+    assert f"The CPU time: {compute['cpu_seconds_mean'] / 60:.1f} minutes per run" in text
     # each run keeps per-test-day sums that add up to its scores (the bootstrap's inputs)
     run = json.loads((out / "runs" / "baseline_seed0.json").read_text())
     daily, heavy = run["daily"], np.array(run["daily"]["heavy"])
@@ -438,11 +440,16 @@ def test_verdict_names_the_arms_that_are_worse_than_the_baseline_beyond_the_nois
 def test_compute_cost_by_hand():
     from precip_cvae.downstream.experiment import compute_cost
 
-    def run(seconds=None, device="cpu", threads=1):
-        return {"cost": {"seconds": seconds, "device": device, "threads": threads}} if seconds else {}
+    def run(seconds=None, device="cpu", threads=1, cpu=None):
+        cost = {"seconds": seconds, "device": device, "threads": threads} | ({"cpu_seconds": cpu} if cpu else {})
+        return {"cost": cost} if seconds else {}
 
     results = {"baseline": [run(60), run(120)], "augment": [run(90, "cuda:0", 16), run()]}
     cost = compute_cost(results)
     assert cost == {"runs": 4, "timed": 3, "seconds_total": 270.0, "seconds_mean": 90.0,
                     "devices": ["cpu, 1 thread", "cuda:0, 16 threads"]}  # fmt: skip
     assert compute_cost({"baseline": [run(), run()]}) is None
+    # CPU seconds over the runs that recorded them (older runs have none): 100 and 50 of the three timed runs
+    cost = compute_cost({"baseline": [run(60, cpu=100.0), run(120)], "augment": [run(90, cpu=50.0)]})
+    assert cost["timed"] == 3 and cost["cpu_timed"] == 2
+    assert cost["cpu_seconds_total"] == 150.0 and cost["cpu_seconds_mean"] == 75.0

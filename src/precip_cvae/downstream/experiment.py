@@ -799,12 +799,16 @@ def _run_one(plan: ArmPlan, examples: Examples, data: PreparedData, options: Exp
              config: Config, device: torch.device, runs_dir: Path, settings: dict, progress: bool = False,
              memory_bytes: int = IN_MEMORY_BYTES) -> None:  # fmt: skip
     """Train and score one (arm, seed) and store it: its map first, then its JSON (with the ``settings`` it was
-    trained under and what it cost: seconds, device, CPU threads), which marks the run done."""
-    started = time.perf_counter()
+    trained under and what it cost), which marks the run done.
+
+    The cost: wall seconds; CPU seconds of this process (all its threads; DataLoader worker processes not included),
+    which a run paused or sharing its cores does not inflate; the device and the CPU threads."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     model, selection = train_run(plan, examples, data, options, seed, config, device, progress, memory_bytes)
     scores = {**score_run(model, plan, data, options, device), "selection": selection}
     field = scores.pop("map")
-    cost = {"seconds": time.perf_counter() - started, "device": str(device), "threads": torch.get_num_threads()}
+    cost = {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
+            "device": str(device), "threads": torch.get_num_threads()}  # fmt: skip
     save_npy(map_path(runs_dir, plan.name, seed), field["mm"])
     write_json(run_path(runs_dir, plan.name, seed),
                {**scores, "map_day": field["day"], "settings": settings, "cost": cost})  # fmt: skip
@@ -812,15 +816,23 @@ def _run_one(plan: ArmPlan, examples: Examples, data: PreparedData, options: Exp
 
 def compute_cost(results: dict[str, list[dict]]) -> dict | None:
     """What the runs cost, from the ``cost`` each recorded (runs stored before it was kept have none): how many were
-    timed, their total and mean seconds, and the devices and CPU threads they ran on. None when no run was timed."""
+    timed, their total and mean wall seconds, the same of CPU seconds over the runs that recorded them (``cpu_timed``;
+    absent when none did), and the devices and CPU threads they ran on. None when no run was timed."""
     costs = [run["cost"] for runs in results.values() for run in runs if run.get("cost")]
     if not costs:
         return None
-    seconds = [c["seconds"] for c in costs]
-    return {"runs": sum(len(runs) for runs in results.values()), "timed": len(costs),
-            "seconds_total": float(np.sum(seconds)), "seconds_mean": float(np.mean(seconds)),
-            "devices": sorted({f"{c['device']}, {c['threads']} thread{'s' if c['threads'] > 1 else ''}"
-                               for c in costs})}  # fmt: skip
+    out = {"runs": sum(len(runs) for runs in results.values()), "timed": len(costs),
+           **_total_and_mean("seconds", [c["seconds"] for c in costs]),
+           "devices": sorted({f"{c['device']}, {c['threads']} thread{'s' if c['threads'] > 1 else ''}"
+                              for c in costs})}  # fmt: skip
+    cpu = [c["cpu_seconds"] for c in costs if "cpu_seconds" in c]
+    if cpu:
+        out.update(cpu_timed=len(cpu), **_total_and_mean("cpu_seconds", cpu))
+    return out
+
+
+def _total_and_mean(name: str, values: list[float]) -> dict:
+    return {f"{name}_total": float(np.sum(values)), f"{name}_mean": float(np.mean(values))}
 
 
 #: Keys of ``experiment`` that do not change what one (arm, seed) run computes: a re-run may add seeds or arms, use

@@ -129,9 +129,15 @@ def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = Non
     cost = report.get("compute")
     if cost:
         timed = "" if cost["timed"] == cost["runs"] else f" ({cost['timed']} of {cost['runs']} runs timed)"
+        cpu = ""
+        if cost.get("cpu_timed"):
+            of = "" if cost["cpu_timed"] == cost["timed"] else f" of the {cost['cpu_timed']} runs that recorded it"
+            cpu = (f" The CPU time{of}: {cost['cpu_seconds_mean'] / 60:.1f} minutes per run, "
+                   f"{cost['cpu_seconds_total'] / 3600:.2f} hours in all (a run paused or sharing its cores has a "
+                   "longer wall time, not a longer CPU time).")  # fmt: skip
         lines += ["", (f"Compute: {cost['seconds_mean'] / 60:.1f} minutes per run (training and scoring) on "
                        f"{'; '.join(cost['devices'])}, {cost['seconds_total'] / 3600:.2f} hours in all{timed}; "
-                       "the wall time is this divided by the runs trained at once (--jobs).")]  # fmt: skip
+                       f"the wall time is this divided by the runs trained at once (--jobs).{cpu}")]  # fmt: skip
     bad = report.get("blowups") or []
     if bad:
         runs = "; ".join(f"`{b['arm']}` seed {b['seed']}: P99 {b['sim']:.1f} vs {b['obs']:.1f} mm/day "
