@@ -100,13 +100,16 @@ def _center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., top : top + H, left : left + W]
 
 
+def _check_statics_batch(statics: torch.Tensor, batch: int) -> None:
+    """Raise unless the static maps are given once (batch 1) or per day (``batch``)."""
+    if statics.shape[0] not in (1, batch):
+        raise ValueError(f"statics batch size {statics.shape[0]} must be 1 or equal to the batch size {batch}")
+
+
 def _expand_batch(statics: torch.Tensor, batch: int) -> torch.Tensor:
     """Broadcast statics given once, (1, S_ch, H, W), to (batch, S_ch, H, W) without copying."""
-    if statics.shape[0] == batch:
-        return statics
-    if statics.shape[0] != 1:
-        raise ValueError(f"statics batch size {statics.shape[0]} must be 1 or equal to the batch size {batch}")
-    return statics.expand(batch, *statics.shape[1:])
+    _check_statics_batch(statics, batch)
+    return statics if statics.shape[0] == batch else statics.expand(batch, *statics.shape[1:])
 
 
 def _upsampled_taps(k: torch.Tensor, dim: int) -> torch.Tensor:

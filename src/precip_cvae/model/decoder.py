@@ -13,7 +13,7 @@ from precip_cvae.model._layers import (
     DECODER_WIDTH_CAP,
     _center_crop,
     _channels,
-    _expand_batch,
+    _check_statics_batch,
     _group_norm,
     n_scales,
     upsample_conv,
@@ -208,6 +208,5 @@ class Decoder(nn.Module):
             raise ValueError("this decoder was built with decoder_statics=True and needs the static maps")
         c = x.shape[1]
         fields = F.conv2d(x, conv.weight[:, :c], conv.bias, padding=1)
-        if statics.shape[0] not in (1, x.shape[0]):
-            _expand_batch(statics, x.shape[0])  # raises the error that names both sizes
+        _check_statics_batch(statics, x.shape[0])
         return fields + F.conv2d(statics.to(x.dtype), conv.weight[:, c:], None, padding=1)
