@@ -66,7 +66,7 @@ for seed in (1, 2):
 VARIANTS["censored_cap8"] = [*VARIANTS["censored"], "model.decoder_width_cap=8"]
 for seed in (1, 2):
     VARIANTS[f"censored_cap8_seed{seed}"] = [*VARIANTS["censored_cap8"], f"train.seed={seed}"]
-# "cap1": one width (base_filters) at every decoder scale, the cheapest decoder of this family (6.6 GFLOP per training
+# "cap1": one width (base_filters) at every decoder scale, the cheapest decoder of this family (6.5 GFLOP per training
 # sample at the reference geometry against 9.7 at the default cap of 2).
 VARIANTS["censored_cap1"] = [*VARIANTS["censored"], "model.decoder_width_cap=1"]
 for seed in (1, 2):
