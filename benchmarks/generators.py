@@ -71,6 +71,11 @@ for seed in (1, 2):
 VARIANTS["censored_cap1"] = [*VARIANTS["censored"], "model.decoder_width_cap=1"]
 for seed in (1, 2):
     VARIANTS[f"censored_cap1_seed{seed}"] = [*VARIANTS["censored_cap1"], f"train.seed={seed}"]
+# "blocks1": the seed as wide as the cap of 2 allows, every up-block base_filters wide (the same model as the default
+# on grids of one scale, E-OBS's and Fraser's; 6.6 GFLOP at the reference geometry).
+VARIANTS["censored_blocks1"] = [*VARIANTS["censored"], "model.decoder_block_width_cap=1"]
+for seed in (1, 2):
+    VARIANTS[f"censored_blocks1_seed{seed}"] = [*VARIANTS["censored_blocks1"], f"train.seed={seed}"]
 VARIANTS["censored_m2"] = [*VARIANTS["censored"], "loss.crps_members=2"]
 VARIANTS["censored_m2_seed1"] = [*VARIANTS["censored_m2"], "train.seed=1"]
 

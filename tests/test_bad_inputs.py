@@ -20,6 +20,7 @@ CASES = {
     "zero batch": (["train", "train.batch_size=0"], "train.batch_size"),
     "zero latent": (["train", "model.d_z=0"], "model.d_z"),
     "zero width cap": (["train", "model.decoder_width_cap=0"], "model.decoder_width_cap"),
+    "zero block width cap": (["train", "model.decoder_block_width_cap=0"], "model.decoder_block_width_cap"),
     "unknown output head": (["train", "model.output=softplus"], "model.output"),
     "unknown prior": (["train", "model.prior=flat"], "model.prior"),
     "unknown threshold": (["train", "loss.extreme_threshold=P97"], "extreme_threshold"),

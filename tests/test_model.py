@@ -202,6 +202,27 @@ def test_count_parameters_and_flops():
     assert flops[8] > 2 * flops[4]
 
 
+def test_the_block_width_cap_narrows_the_up_blocks_and_not_the_seed():
+    base = 4
+    # three scales: the seed at 1/8 is 2 x base wide under the cap of 2; the blocks double no more (1/4, 1/2, 1/1)
+    wide = make_model((8, 7), (96, 84), decoder_width_cap=2)
+    narrow = make_model((8, 7), (96, 84), decoder_width_cap=2, decoder_block_width_cap=1)
+    for model, blocks in ((wide, [2 * base, 2 * base, base]), (narrow, [base, base, base])):
+        assert model.decoder.seed_conv.out_channels == 2 * base
+        assert [b.conv2.out_channels for b in model.decoder.blocks] == blocks
+    assert flops_per_sample(narrow, C, S, (8, 7), (96, 84)) < flops_per_sample(wide, C, S, (8, 7), (96, 84))
+    # one scale (a seed and one block of base_filters): the same network, weight for weight and output for output
+    models = []
+    for block_cap in (None, 1):
+        torch.manual_seed(3)
+        models.append(make_model((5, 7), (19, 29), decoder_width_cap=2, decoder_block_width_cap=block_cap))
+    a, b = (m.state_dict() for m in models)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    inputs, target, statics = make_batch((5, 7), (19, 29))
+    outs = [m(inputs, target, statics, generator=torch.Generator().manual_seed(1))["recon"] for m in models]
+    assert torch.equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize(("lr_shape", "hr_shape"), [((5, 7), (19, 29)), ((1, 1), (37, 23))])
 def test_prior_draws_for_the_ensemble_term_carry_gradients_to_the_prior(lr_shape, hr_shape):
     model = make_model(lr_shape, hr_shape, prior="conditional", decoder_statics=True)

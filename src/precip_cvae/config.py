@@ -53,6 +53,10 @@ class ModelConfig:
     ``decoder_width_cap``: the decoder's channels double from ``base_filters`` at the finest scale toward coarse
     scales, up to this multiple of ``base_filters`` (2 by default: on a grid of several scales each coarser scale
     then costs a quarter of the one below it; the reference preset keeps 8).
+
+    ``decoder_block_width_cap``: the same cap for the up-blocks only, every scale finer than the seed's coarsest map
+    (None: ``decoder_width_cap``). With 1, the blocks are all ``base_filters`` wide and only the seed is wider; on a
+    grid of one scale (a seed and one block) it changes nothing.
     """
 
     d_z: int = 16
@@ -66,6 +70,7 @@ class ModelConfig:
     latent_channels: int = 4
     output: str = "censored"
     decoder_width_cap: int = 2
+    decoder_block_width_cap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -441,6 +446,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate(config: Config) -> None:
     """Range checks that types alone cannot express."""
+    block_cap = config.model.decoder_block_width_cap
     checks = [
         ("train.epochs", config.train.epochs >= 1),
         ("train.batch_size", config.train.batch_size >= 1),
@@ -453,6 +459,7 @@ def validate(config: Config) -> None:
         ("model.d_z", config.model.d_z >= 1),
         ("model.base_filters", config.model.base_filters >= 1),
         ("model.decoder_width_cap", config.model.decoder_width_cap >= 1),
+        ("model.decoder_block_width_cap", block_cap is None or block_cap >= 1),
         ("model.d_x", config.model.d_x >= 1),
         ("model.d_y", config.model.d_y >= 1),
         ("model.latent_scales", all(f >= 1 and f & (f - 1) == 0 for f in config.model.latent_scales)),

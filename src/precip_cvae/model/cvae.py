@@ -82,6 +82,7 @@ class CVAE(nn.Module):
             output=config.output,
             dry_z=dry_z,
             width_cap=config.decoder_width_cap,
+            block_width_cap=config.decoder_block_width_cap,
         )
 
     # -- shape checks: a wrong grid should fail here with a readable message, not deep inside a conv --

@@ -98,6 +98,7 @@ class Decoder(nn.Module):
     dropout : dropout probability in the conditioning MLP.
     output : the output head (``model.output``); dry_z : (H, W) normalized 0 mm/day, which ``censored`` needs.
     width_cap : the widest scale's channels, in multiples of ``base_filters`` (``model.decoder_width_cap``).
+    block_width_cap : the same for the up-blocks' outputs (``model.decoder_block_width_cap``; None: ``width_cap``).
 
     Shapes
     ------
@@ -119,6 +120,7 @@ class Decoder(nn.Module):
         output: str = "linear",
         dry_z: np.ndarray | torch.Tensor | None = None,
         width_cap: int = DECODER_WIDTH_CAP,
+        block_width_cap: int | None = None,
     ) -> None:
         super().__init__()
         self.hr_shape = (int(hr_shape[0]), int(hr_shape[1]))
@@ -154,7 +156,7 @@ class Decoder(nn.Module):
         self.latents = nn.ModuleDict()
         for level in range(self.n_up, -1, -1):
             if level < self.n_up:
-                out = _channels(base_filters, level, width_cap)
+                out = _channels(base_filters, level, block_width_cap or width_cap)
                 self.blocks.append(UpBlock(width, out, d_cond))
                 width = out
             if level in levels:
