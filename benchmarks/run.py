@@ -26,7 +26,9 @@ Rows (absolute numbers for information, the ratio is the figure to compare acros
   from disk by a DataLoader (above 1: memory is faster).
 - ``evaluate``: test days/s of `evaluate` at K = 16 (model, analogs, climatology, oracle) ÷ drawing the model's
   samples alone: the share of its time spent drawing (the rest is baselines, scoring and the figures); and the rate
-  per further test day, from the test splits of two dataset sizes (the fixed costs, figures and imports, cancel).
+  per further test day, from the test splits of two dataset sizes (the fixed costs, figures and imports, cancel);
+  where at least 4 cores are there, the same per further day with ``evaluate.workers`` (cores − 2, at most 8)
+  ÷ without.
 - ``prepare``: a random SRDRN directory at the reference geometry, 2,000 days (and 15,000 without --quick): seconds
   ÷ copying the directory, and the peak resident memory ÷ the size of its obs arrays (the libraries take a fixed
   ~300 MiB, so the ratio falls below 1 only for large inputs: it streams).
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -254,9 +257,9 @@ def experiment_step_rates(root: Path, device: torch.device, steps: int) -> dict:
     return rates
 
 
-def evaluate_rate(root: Path, device: str, K: int) -> dict:
+def evaluate_rate(root: Path, device: str, K: int, workers: int = 0) -> dict:
     """`evaluate` on the test days (model, analogs, climatology, oracle) in days/s, and the rate of drawing the
-    model's K samples per day alone."""
+    model's K samples per day alone. ``workers`` > 0: scored in that many processes while this one draws."""
     from precip_cvae.config import EvaluateConfig
     from precip_cvae.data.dataset import PreparedData
     from precip_cvae.evaluate import run_evaluate
@@ -266,7 +269,8 @@ def evaluate_rate(root: Path, device: str, K: int) -> dict:
     data = PreparedData(root / "data")
     days = data.ids("test")
     started = time.perf_counter()
-    run_evaluate(config, EvaluateConfig(K=K, split="test"), out_dir=root / "evaluation", progress=False)
+    run_evaluate(config, EvaluateConfig(K=K, split="test", workers=workers), out_dir=root / f"evaluation{workers}",
+                 progress=False)  # fmt: skip
     evaluate_seconds = time.perf_counter() - started
     generator = Generator.from_outputs(data, config.data.outputs_root, None, torch.device(device))
     rng = torch.Generator(device=torch.device(device)).manual_seed(0)
@@ -380,6 +384,12 @@ def main() -> None:
         marginal = (e2["days"] - e["days"]) / (e2["seconds"] - e["seconds"])
         row(f"evaluate K = 16, demo size: days/s per further test day ({e['days']} -> {e2['days']} days)", marginal,
             "days/s", e2["draw_days_per_s"], share, False)  # fmt: skip
+        workers = min(8, (os.cpu_count() or 1) - 2)
+        if workers >= 2:  # scoring in processes beside the draw: only where cores are left over (on 2 it is slower)
+            w = [evaluate_rate(tmp / name, str(device), K=16, workers=workers) for name in ("base", "twice the days")]
+            parallel = (w[1]["days"] - w[0]["days"]) / (w[1]["seconds"] - w[0]["seconds"])
+            row(f"evaluate, evaluate.workers={workers}: days/s per further test day", parallel, "days/s", marginal,
+                "the same with scoring in this process (> 1: the workers help)", False)  # fmt: skip
     for days in (2000,) if args.quick else (2000, 15000):
         # in a small process of its own: a child forked from this one (torch, models) would inherit its peak RSS
         with tempfile.TemporaryDirectory() as tmp:
