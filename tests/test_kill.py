@@ -77,13 +77,19 @@ def _run(argv: list[str]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _writing_phase_s(stage: Stage, root: Path) -> float:
-    """Run uninterrupted; seconds its lock is held (from its first write to the rename of its output)."""
-    process = subprocess.Popen(_command(stage, root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _start_writing(stage: Stage, root: Path, stderr: int) -> tuple[subprocess.Popen, Path, float]:
+    """Start the stage and wait until it takes its lock (its first write) or exits; returns the process, the lock and
+    the time the wait ended."""
+    process = subprocess.Popen(_command(stage, root), stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     lock = _lock(root, stage)
     while not lock.exists() and process.poll() is None:
         time.sleep(0.001)
-    started = time.monotonic()
+    return process, lock, time.monotonic()
+
+
+def _writing_phase_s(stage: Stage, root: Path) -> float:
+    """Run uninterrupted; seconds its lock is held (from its first write to the rename of its output)."""
+    process, lock, started = _start_writing(stage, root, subprocess.PIPE)
     while lock.exists() and process.poll() is None:
         time.sleep(0.001)
     held = time.monotonic() - started
@@ -95,11 +101,7 @@ def _writing_phase_s(stage: Stage, root: Path) -> float:
 def _kill_while_writing(stage: Stage, root: Path, delay_s: float) -> float | None:
     """Start the stage, wait until it writes, kill it ``delay_s`` later. Returns None if it was killed (it had not
     exited by then), else the seconds from its first write to its exit."""
-    process = subprocess.Popen(_command(stage, root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lock = _lock(root, stage)
-    while not lock.exists() and process.poll() is None:
-        time.sleep(0.001)
-    started = time.monotonic()
+    process, _, started = _start_writing(stage, root, subprocess.DEVNULL)
     while time.monotonic() - started < delay_s and process.poll() is None:
         time.sleep(0.001)
     finished = None if process.poll() is None else time.monotonic() - started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -194,7 +195,10 @@ class Decoder(nn.Module):
             if str(level) in self.latents:
                 x = self.latents[str(level)](x, level, spatial)
         x = _center_crop(x, self.hr_shape)
-        return self.output(self.out_conv(self.head[1:](self._head_conv(x, statics))))
+        x = self._head_conv(x, statics)
+        for layer in itertools.islice(self.head, 1, None):  # the head after its first convolution
+            x = layer(x)
+        return self.output(self.out_conv(x))
 
     def _head_conv(self, x: torch.Tensor, statics: torch.Tensor | None) -> torch.Tensor:
         """The head's first convolution of [x; statics] (statics concatenated when ``use_statics``).
