@@ -240,7 +240,10 @@ class ExperimentConfig:
     ``ema_warmup``: a smaller decay over the first steps, ``min(ema, (1 + n) / (10 + n))`` at step n, so the average
     does not carry the random initial weights (a share 0.995^n of them without it).
     ``jobs``: runs trained at once in separate processes (each with its share of the CPU threads; on a GPU they share
-    it); the results do not depend on it.
+    it); the results do not depend on it. ``channels_last``: SRDRN's weights (and so its activations) in channels-last
+    memory layout; ``cudnn_benchmark``: cuDNN times its convolution algorithms for each shape and keeps the fastest
+    (CUDA only). Both change speed, not the function: the numbers agree to float rounding, and runs made with and
+    without them are pooled (``benchmarks/srdrn_speed.py`` measures what they buy).
     """
 
     arms: tuple[str, ...] = ARMS
@@ -265,6 +268,8 @@ class ExperimentConfig:
     ema: float = 0.995
     ema_warmup: bool = False
     jobs: int = 1
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
 
 
 #: The reference design's values of the keys whose defaults changed (what the ``reference`` preset sets).

@@ -402,6 +402,40 @@ def test_validation_every_n_steps_keeps_the_best_weights(prepared, tmp_path):
     assert final == pytest.approx(scores[-1])
 
 
+def test_channels_last_trains_the_same_function_and_keeps_finished_runs(prepared, tmp_path):
+    """experiment.channels_last puts SRDRN in channels-last layout and changes nothing but float rounding; runs made
+    with and without it (or with cudnn_benchmark, a no-op on the CPU) are pooled: a re-run reuses them."""
+    import torch
+
+    from precip_cvae.config import load_config
+    from precip_cvae.data.sample_store import SampleStore
+    from precip_cvae.downstream.experiment import Examples, plan_arms, score_run, train_run
+
+    config = load_config(None, [f"data.data_root={prepared}", f"data.outputs_root={tmp_path}", "train.device=cpu",
+                                "experiment.arms=[baseline]", "experiment.seeds=1", "experiment.steps=6",
+                                "experiment.batch_size=4", "experiment.filters=4", "experiment.n_blocks=1",
+                                "experiment.lr=0.01", "experiment.val_every=3"])  # fmt: skip
+    data = PreparedData(prepared)
+    examples = Examples(data, SampleStore(tmp_path / "none"))
+    options = config.experiment
+    plan = plan_arms(data, options, examples)["baseline"]
+    device = torch.device("cpu")
+    plain, plain_selection = train_run(plan, examples, data, options, 0, config, device)
+    fast, fast_selection = train_run(plan, examples, data, replace(options, channels_last=True), 0, config, device)
+    convs = [m.weight for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs if w.shape[-1] > 1)
+    assert not plain.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast_selection["best_step"] == plain_selection["best_step"]
+    a = score_run(plain, plan, data, options, device, split="test")["all"]["MAE_all"]
+    b = score_run(fast, plan, data, options, device, split="test")["all"]["MAE_all"]
+    assert b == pytest.approx(a, rel=1e-4)
+    out = tmp_path / "experiment"
+    run_experiment(config, options, out, progress=False)
+    first = (out / "runs" / "baseline_seed0.json").read_bytes()
+    run_experiment(config, replace(options, channels_last=True, cudnn_benchmark=True), out, progress=False)
+    assert (out / "runs" / "baseline_seed0.json").read_bytes() == first
+
+
 def test_runs_whose_heavy_day_p99_is_off_by_more_than_100_percent_are_named():
     from precip_cvae.downstream.experiment import blowups
 

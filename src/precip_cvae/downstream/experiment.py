@@ -346,6 +346,8 @@ def train_run(
     n_out = len(options.quantiles) if plan.quantile else 1
     model = SRDRN(data.n_channels, data.lr_shape, data.hr_shape, len(data.static_names), options.filters,
                   options.n_blocks, n_out).to(device)  # fmt: skip
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     set_bn_momentum(model, options.bn_momentum)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     draws = torch.Generator().manual_seed(seed)
@@ -711,8 +713,14 @@ def run_experiment(
 
     ``options`` default to ``config.experiment``; the device is ``config.train.device``."""
     out_dir = Path(out_dir) if out_dir else Path(config.data.outputs_root) / "experiment"
-    with output_lock(out_dir):
-        return _run_experiment(config, options or config.experiment, out_dir, progress)
+    options = options or config.experiment
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = options.cudnn_benchmark
+        with output_lock(out_dir):
+            return _run_experiment(config, options, out_dir, progress)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, progress: bool) -> dict:
@@ -837,8 +845,8 @@ def _total_and_mean(name: str, values: list[float]) -> dict:
 
 #: Keys of ``experiment`` that do not change what one (arm, seed) run computes: a re-run may add seeds or arms, use
 #: more processes, or read the same sample store from another place (its manifest's hash stands for its content), and
-#: keep the finished runs.
-RUN_INDEPENDENT = ("arms", "seeds", "jobs", "source")
+#: keep the finished runs; the layout and cuDNN's choice of algorithms change the speed, and the numbers to rounding.
+RUN_INDEPENDENT = ("arms", "seeds", "jobs", "source", "channels_last", "cudnn_benchmark")
 
 
 def run_settings(options: ExperimentConfig, config: Config, data: PreparedData, examples: Examples) -> dict:
@@ -873,6 +881,7 @@ _WORKER: dict = {}
 
 def _start_worker(config: Config, options: ExperimentConfig, device: str, threads: int, memory_bytes: int) -> None:
     torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = options.cudnn_benchmark
     data = PreparedData(config.data.data_root)
     examples = Examples(data, SampleStore(options.source, data))
     plans = plan_arms(data, options, examples)
