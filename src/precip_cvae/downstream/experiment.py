@@ -845,7 +845,7 @@ def _total_and_mean(name: str, values: list[float]) -> dict:
 
 #: Keys of ``experiment`` that do not change what one (arm, seed) run computes: a re-run may add seeds or arms, use
 #: more processes, or read the same sample store from another place (its manifest's hash stands for its content), and
-#: keep the finished runs; the layout and cuDNN's choice of algorithms change the speed, and the numbers to rounding.
+#: keep the finished runs; the layout and cuDNN's choice of algorithms change the speed, the numbers only by rounding.
 RUN_INDEPENDENT = ("arms", "seeds", "jobs", "source", "channels_last", "cudnn_benchmark")
 
 
