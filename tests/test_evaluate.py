@@ -140,3 +140,28 @@ def test_report_says_how_the_model_ranks_and_never_crowns_the_tail_mae():
     assert "On 2 heavy days the model's CRPS beats analog (8.000 vs 9.000 mm/day, 0.89 x)" in text
     mae_tail = [r for r in ROWS if r[0] == "MAE_tail"]
     assert "**" not in table(metrics, "all", rows=mae_tail)  # the over-forecasting model "wins" it: not marked
+
+
+
+def test_the_qq_reservoir_keeps_the_values_of_the_smallest_keys_of_everything_added_and_merged():
+    """Bottom-k sampling: after adds (each value gets a random key from the reservoir's generator) and a merge, the
+    kept values are exactly those with the `size` smallest keys of the whole stream, recomputed here by replaying
+    the generators over everything added."""
+    from precip_cvae.evaluate import _Reservoir
+
+    size, streams = 50, {1: [30, 40, 1000, 3, 500], 2: [80, 7, 300]}
+    reservoirs, every_value, every_key, start = {}, [], [], 0
+    for seed, sizes in streams.items():
+        reservoirs[seed], replay = _Reservoir(size, seed), np.random.default_rng(seed)
+        for n in sizes:
+            values = np.arange(start, start + n, dtype=np.float32)  # distinct values, to name what is kept
+            start += n
+            reservoirs[seed].add(np.concatenate([values, [np.nan]]))  # a non-finite value is dropped, draws no key
+            every_value.append(values)
+            every_key.append(replay.random(n))
+    a = reservoirs[1]
+    a.merge(reservoirs[2])
+    keys, values = np.concatenate(every_key), np.concatenate(every_value)
+    expected = np.sort(values[np.argsort(keys)[:size]])
+    assert a.values.size == size and np.array_equal(np.sort(a.values), expected)
+    assert np.array_equal(np.sort(a.keys), np.sort(keys)[:size])

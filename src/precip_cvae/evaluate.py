@@ -32,13 +32,27 @@ EvaluateOptions = EvaluateConfig
 
 class _Reservoir:
     """A uniform random subsample (without replacement) of at most ``size`` values of a stream, for Q-Q plots:
-    each value gets a random key and the ``size`` smallest keys are kept (bottom-k sampling)."""
+    each value gets a random key and the ``size`` smallest keys are kept (bottom-k sampling).
+
+    Values are gathered until twice ``size`` and then cut to the ``size`` smallest keys; after a cut no key at or
+    above the largest kept one can ever be among the smallest, so such values are not even gathered."""
 
     def __init__(self, size: int, seed: int | list[int]):
         self.size = size
-        self.values = np.empty(0, np.float32)
-        self.keys = np.empty(0)
+        self._values = np.empty(0, np.float32)
+        self._keys = np.empty(0)
+        self._bound = np.inf
         self.rng = np.random.default_rng(seed)
+
+    @property
+    def values(self) -> np.ndarray:
+        self._cut()
+        return self._values
+
+    @property
+    def keys(self) -> np.ndarray:
+        self._cut()
+        return self._keys
 
     def add(self, values: np.ndarray) -> None:
         values = values[np.isfinite(values)].astype(np.float32)
@@ -49,11 +63,17 @@ class _Reservoir:
         self._keep_smallest(other.values, other.keys)
 
     def _keep_smallest(self, values: np.ndarray, keys: np.ndarray) -> None:
-        self.values = np.concatenate([self.values, values])
-        self.keys = np.concatenate([self.keys, keys])
-        if self.values.size > self.size:
-            keep = np.argpartition(self.keys, self.size)[: self.size]
-            self.values, self.keys = self.values[keep], self.keys[keep]
+        below = keys < self._bound
+        self._values = np.concatenate([self._values, values[below]])
+        self._keys = np.concatenate([self._keys, keys[below]])
+        if self._values.size > 2 * self.size:
+            self._cut()
+
+    def _cut(self) -> None:
+        if self._values.size > self.size:
+            keep = np.argpartition(self._keys, self.size)[: self.size]
+            self._values, self._keys = self._values[keep], self._keys[keep]
+            self._bound = float(self._keys.max())
 
 
 class _Reliability:
