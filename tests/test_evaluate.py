@@ -142,7 +142,6 @@ def test_report_says_how_the_model_ranks_and_never_crowns_the_tail_mae():
     assert "**" not in table(metrics, "all", rows=mae_tail)  # the over-forecasting model "wins" it: not marked
 
 
-
 def test_the_qq_reservoir_keeps_the_values_of_the_smallest_keys_of_everything_added_and_merged():
     """Bottom-k sampling: after adds (each value gets a random key from the reservoir's generator) and a merge, the
     kept values are exactly those with the `size` smallest keys of the whole stream, recomputed here by replaying
