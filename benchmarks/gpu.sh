@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The README's GPU measurements in one command, for a GPU lent for a short time.
+#
+#     bash benchmarks/gpu.sh OUT [SECONDS]
+#
+# In order: the CUDA tests (tests/test_cuda.py), benchmarks/run.py --quick --device cuda and
+# benchmarks/srdrn_speed.py --device cuda (each ratio measured in the same run), then the downstream experiments of the
+# synthetic benchmark and the Fraser basin side by side (benchmarks/downstream.sh: data, generator, samples, 40 runs
+# each) until SECONDS after the start (default 540), when they are stopped: finished runs are kept, and
+# `downstream.sh` skips them when run again on the same work directory. Logs and JSON go to OUT, the datasets, generators
+# and experiments to WORK/synthetic and WORK/fraser (WORK: OUT). Environment: SHARED (../shared/data beside the
+# checkout), JOBS_SYNTHETIC (8), JOBS_FRASER (4), RECIPE_EXTRA (experiment overrides added to both, e.g.
+# "experiment.channels_last=true"), DEVICE (cuda), STAGES (tests bench speed experiments: any of them, in this order).
+set -uo pipefail
+out=${1:?output directory}
+seconds=${2:-540}
+here=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=${WORK:-$out}
+device=${DEVICE:-cuda}
+start=$(date +%s)
+left() { local s=$((seconds - ($(date +%s) - start))); echo $((s > 1 ? s : 1)); }
+stages=${STAGES:-tests bench speed experiments}
+cd "$here"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt" 2>&1
+case " $stages " in *" tests "*)
+  timeout "$(left)" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$out/cuda_tests.txt" 2>&1
+  echo "[$(($(date +%s) - start)) s] CUDA tests: $(tail -1 "$out/cuda_tests.txt")" ;;
+esac
+case " $stages " in *" bench "*)
+  timeout "$(left)" python3 benchmarks/run.py --quick --device "$device" --json "$out/benchmark_cuda.json" \
+    > "$out/benchmark_cuda.txt" 2>&1
+  echo "[$(($(date +%s) - start)) s] benchmarks/run.py: $(tail -1 "$out/benchmark_cuda.txt")" ;;
+esac
+case " $stages " in *" speed "*)
+  timeout "$(left)" python3 benchmarks/srdrn_speed.py --device "$device" --json "$out/srdrn_speed.json" \
+    > "$out/srdrn_speed.txt" 2>&1
+  echo "[$(($(date +%s) - start)) s] benchmarks/srdrn_speed.py: $(tail -1 "$out/srdrn_speed.txt")" ;;
+esac
+case " $stages " in *" experiments "*)
+  base="experiment.batch_size=64 experiment.lr=0.003 experiment.ema_warmup=true experiment.schedule=cosine"
+  for name in synthetic fraser; do
+    jobs=JOBS_${name^^}
+    [ "$name" = synthetic ] && default_jobs=8 || default_jobs=4
+    DEVICE=$device JOBS=${!jobs:-$default_jobs} RECIPE="$base ${RECIPE_EXTRA:-}" \
+      timeout -k 10 "$(left)" bash benchmarks/downstream.sh "$name" "$work/$name" > "$out/$name.log" 2>&1 &
+  done
+  while [ "$(jobs -r | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do
+    sleep 30
+    echo "[$(($(date +%s) - start)) s] runs finished: synthetic $(ls "$work"/synthetic/experiment/runs/*_seed?.json \
+      2>/dev/null | wc -l), fraser $(ls "$work"/fraser/experiment/runs/*_seed?.json 2>/dev/null | wc -l)"
+  done
+  wait ;;
+esac
+echo "[$(($(date +%s) - start)) s] done; results in $out"
