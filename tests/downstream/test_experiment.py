@@ -372,22 +372,26 @@ def test_a_rerun_keeps_finished_runs_of_the_same_settings_and_refuses_others(pre
         run_experiment(config, options, out, progress=False)
 
 
-def test_validation_every_n_steps_keeps_the_best_weights(prepared, tmp_path):
-    import torch
-
+def _baseline_run(prepared, tmp_path, *overrides):
+    """A tiny baseline-arm setup on the prepared case: the config (with ``overrides``), data, examples and plan."""
     from precip_cvae.config import load_config
     from precip_cvae.data.sample_store import SampleStore
-    from precip_cvae.downstream.experiment import Examples, plan_arms, score_run, train_run, validation_score
+    from precip_cvae.downstream.experiment import Examples, plan_arms
 
-    config = load_config(None, [f"data.data_root={prepared}", "train.device=cpu", "experiment.arms=[baseline]",
-                                "experiment.steps=9", "experiment.batch_size=4", "experiment.filters=4",
-                                "experiment.n_blocks=1", "experiment.lr=0.01", "experiment.val_every=0",
-                                "experiment.ema=0"])  # fmt: skip
+    config = load_config(None, [f"data.data_root={prepared}", f"data.outputs_root={tmp_path}", "train.device=cpu",
+                                "experiment.arms=[baseline]", "experiment.batch_size=4", "experiment.filters=4",
+                                "experiment.n_blocks=1", "experiment.lr=0.01", *overrides])  # fmt: skip
     data = PreparedData(prepared)
     examples = Examples(data, SampleStore(tmp_path / "none"))
-    options = config.experiment
-    plan = plan_arms(data, options, examples)["baseline"]
-    device = torch.device("cpu")
+    return config, data, examples, plan_arms(data, config.experiment, examples)["baseline"]
+
+
+def test_validation_every_n_steps_keeps_the_best_weights(prepared, tmp_path):
+    from precip_cvae.downstream.experiment import score_run, train_run, validation_score
+
+    config, data, examples, plan = _baseline_run(prepared, tmp_path, "experiment.steps=9", "experiment.val_every=0",
+                                                 "experiment.ema=0")  # fmt: skip
+    options, device = config.experiment, torch.device("cpu")
     last, plain = train_run(plan, examples, data, options, 0, config, device)
     assert plain == {"val_every": 0, "scores": []}
     picked, selection = train_run(plan, examples, data, replace(options, val_every=3), 0, config, device)
@@ -405,21 +409,11 @@ def test_validation_every_n_steps_keeps_the_best_weights(prepared, tmp_path):
 def test_channels_last_trains_the_same_function_and_keeps_finished_runs(prepared, tmp_path):
     """experiment.channels_last puts SRDRN in channels-last layout and changes nothing but float rounding; runs made
     with and without it (or with cudnn_benchmark, a no-op on the CPU) are pooled: a re-run reuses them."""
-    import torch
+    from precip_cvae.downstream.experiment import score_run, train_run
 
-    from precip_cvae.config import load_config
-    from precip_cvae.data.sample_store import SampleStore
-    from precip_cvae.downstream.experiment import Examples, plan_arms, score_run, train_run
-
-    config = load_config(None, [f"data.data_root={prepared}", f"data.outputs_root={tmp_path}", "train.device=cpu",
-                                "experiment.arms=[baseline]", "experiment.seeds=1", "experiment.steps=6",
-                                "experiment.batch_size=4", "experiment.filters=4", "experiment.n_blocks=1",
-                                "experiment.lr=0.01", "experiment.val_every=3"])  # fmt: skip
-    data = PreparedData(prepared)
-    examples = Examples(data, SampleStore(tmp_path / "none"))
-    options = config.experiment
-    plan = plan_arms(data, options, examples)["baseline"]
-    device = torch.device("cpu")
+    config, data, examples, plan = _baseline_run(prepared, tmp_path, "experiment.seeds=1", "experiment.steps=6",
+                                                 "experiment.val_every=3")  # fmt: skip
+    options, device = config.experiment, torch.device("cpu")
     plain, plain_selection = train_run(plan, examples, data, options, 0, config, device)
     fast, fast_selection = train_run(plan, examples, data, replace(options, channels_last=True), 0, config, device)
     convs = [m.weight for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
