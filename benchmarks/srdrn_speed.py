@@ -133,7 +133,6 @@ def main() -> None:
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     processes = args.processes or ([4, 8] if gpu else [2])
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # PyTorch's defaults for convs
     rows: list[dict] = []
 
     def row(name: str, value: float, reference: float | None, ratio_of: str) -> None:
