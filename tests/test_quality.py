@@ -72,7 +72,25 @@ def test_duplicates_within_a_day_and_the_summary(day):
     verdicts = assess_day(np.stack([a, a * 1.001, a[::-1]]), real, land, "heavy", clim, GateConfig())
     assert [v["accepted"] for v in verdicts] == [True, False, True]
     assert verdicts[1]["codes"] == ["duplicate"]
-    assert summarize(verdicts) == {"samples": 3, "accepted": 2, "rejected": 1, "reasons": {"duplicate": 1}}
+    summary = summarize(verdicts)
+    assert {k: summary[k] for k in ("samples", "accepted", "rejected", "reasons")} == {
+        "samples": 3, "accepted": 2, "rejected": 1, "reasons": {"duplicate": 1}}  # fmt: skip
+    # the mean mass ratio of the two accepted samples (a and its mirror image: the same land total unless land is
+    # not symmetric), by hand
+    expected = np.mean([verdicts[0]["mass_ratio"], verdicts[2]["mass_ratio"]])
+    assert summary["accepted_mass_ratio"] == pytest.approx(expected)
+
+
+def test_the_summary_names_a_mass_bias_that_every_sample_shares():
+    def verdict(ratio, accepted=True):
+        return {"accepted": accepted, "codes": [] if accepted else ["peak"], "mass_ratio": ratio}
+
+    wet = summarize([verdict(1.12), verdict(1.14), verdict(3.0, accepted=False)])
+    assert wet["accepted_mass_ratio"] == pytest.approx(1.13)
+    assert "1.13 x" in wet["mass_bias"] and "wetter" in wet["mass_bias"]
+    assert "drier" in summarize([verdict(0.85), verdict(0.87)])["mass_bias"]
+    assert summarize([verdict(1.05), verdict(0.97)])["mass_bias"] is None  # within 10 %
+    assert summarize([verdict(1.5, accepted=False)])["accepted_mass_ratio"] is None
 
 
 def test_climatology_bands_from_observed_days():

@@ -137,11 +137,26 @@ def assess_day(
     return verdicts
 
 
+#: A mean mass ratio of the accepted samples further from 1 than this is reported as a bias (see :func:`summarize`).
+MASS_BIAS_WARNING = 0.10
+
+
 def summarize(verdicts: list[dict]) -> dict:
-    """Counts: accepted, rejected, and rejections per reason (a sample may have several)."""
+    """Counts: accepted, rejected, and rejections per reason (a sample may have several); and the mean mass ratio of
+    the accepted samples (land total ÷ the real day's), which no per-sample bound catches when every sample is, say,
+    10 % too wet: augmentation would teach a downstream model that bias. ``mass_bias`` is a sentence saying so when
+    the mean is further than :data:`MASS_BIAS_WARNING` from 1, else None."""
     reasons: dict[str, int] = {}
     for v in verdicts:
         for code in v["codes"]:
             reasons[code] = reasons.get(code, 0) + 1
     accepted = sum(v["accepted"] for v in verdicts)
-    return {"samples": len(verdicts), "accepted": accepted, "rejected": len(verdicts) - accepted, "reasons": reasons}
+    ratios = [v["mass_ratio"] for v in verdicts if v["accepted"] and np.isfinite(v["mass_ratio"])]
+    mean_ratio = float(np.mean(ratios)) if ratios else None
+    bias = None
+    if mean_ratio is not None and abs(mean_ratio - 1.0) > MASS_BIAS_WARNING:
+        bias = (f"the accepted samples carry {mean_ratio:.2f} x their real day's land total on average: "
+                f"{'wetter' if mean_ratio > 1 else 'drier'} than the days they stand for (augmenting with them teaches "
+                "that bias)")  # fmt: skip
+    return {"samples": len(verdicts), "accepted": accepted, "rejected": len(verdicts) - accepted, "reasons": reasons,
+            "accepted_mass_ratio": mean_ratio, "mass_bias": bias}  # fmt: skip

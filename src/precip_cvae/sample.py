@@ -8,6 +8,7 @@ plus ``samples.nc`` (CF, ``pr(realization, time, y, x)`` in mm/day, every sample
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from precip_cvae.errors import InputError
 from precip_cvae.fileio import content_sha256, staged_directory
 from precip_cvae.generator import Generator, select_device
 from precip_cvae.quality import Climatology, GateConfig, assess_day, summarize
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ def run_sample(
             summary = summarize(records)
             summary["days"] = len(ids)
             summary["mean_pairwise_spread_mm_per_day"] = float(np.mean(spreads)) if spreads else None
+            if summary["mass_bias"]:
+                logger.warning(summary["mass_bias"])
             writer.finish(
                 {
                     "checkpoint": str(gen.path),
@@ -196,8 +201,10 @@ def _pairwise_spread(mm: np.ndarray, land: np.ndarray) -> float:
 def format_summary(summary: dict, out_dir: Path) -> str:
     reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "none"
     spread = summary["mean_pairwise_spread_mm_per_day"]
+    ratio = summary.get("accepted_mass_ratio")
     return (
         f"samples -> {out_dir}: {summary['days']} days, {summary['samples']} samples, "
         f"{summary['accepted']} accepted, {summary['rejected']} rejected (reasons: {reasons})"
         + (f"; mean spread between samples of a day {spread:.3f} mm/day" if spread is not None else "")
+        + (f"; accepted samples carry {ratio:.3f} x their day's land total" if ratio is not None else "")
     )
