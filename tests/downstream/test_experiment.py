@@ -125,7 +125,14 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     moved = [name for name, value in newx.items() if value > 0]
     assert len(moved) == 1 and moved[0].lower() in ("pr", "pr_coarse", "tp", "rr", "precip", "precipitation")
     assert np.isfinite(report["summary"]["quantile"]["all"]["CRPS_q"]["value"]["mean"])
+    # how wet the synthetic targets are against their real days: the gate's ratios of the samples used (all of them
+    # here: K = 2 = per_day, a permissive gate), averaged
+    records = json.loads((synth / "manifest.json").read_text())["samples"]
+    expected = np.mean([r["mass_ratio"] for r in records if r["accepted"]])
+    assert arms["augment"]["target_mass_ratio"] == pytest.approx(expected)
+    assert arms["baseline"]["target_mass_ratio"] is None
     text = (out / "experiment.md").read_text()
+    assert f"its synthetic targets carry {expected:.2f} × their real day's land total" in text
     assert text.startswith("# Downstream experiment") and "Best for extremes" in text
     assert "its synthetic inputs differ from their real day's by 0.00 channel standard deviations" in text
     assert "blew up" in text and isinstance(report["blowups"], list)

@@ -307,6 +307,19 @@ def input_distance(plan: ArmPlan, examples: Examples, max_rows: int = 200) -> di
             zip(data.variables, per_channel, strict=True)}, "rows": len(rows)}  # fmt: skip
 
 
+def target_mass_ratio(plan: ArmPlan, examples: Examples) -> float | None:
+    """The mean land total of an arm's synthetic targets ÷ their real day's, from the gate's record of each sample in
+    the store's manifest (1: as wet as the days they stand for). None when the arm has no synthetic row or the
+    manifest records no ratio."""
+    keys = {(r.day, r.sample) for r in plan.rows if r.synthetic}
+    if not keys:
+        return None
+    ratios = [float(s["mass_ratio"]) for s in examples.store.manifest().get("samples", [])
+              if (s.get("day"), s.get("sample")) in keys and isinstance(s.get("mass_ratio"), (int, float))
+              and np.isfinite(s["mass_ratio"])]  # fmt: skip
+    return float(np.mean(ratios)) if ratios else None
+
+
 class ArmRows(Dataset):
     """The rows of one arm as DataLoader items: ``inputs`` (C, h, w), ``target`` (1, H, W) normalized (0 where
     missing), ``mask`` (1, H, W) bool and the row's loss ``weight``."""
@@ -778,6 +791,7 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
                 "heavy_share": p.heavy_share,
                 "note": p.note,
                 "input_distance": input_distance(p, examples),
+                "target_mass_ratio": target_mass_ratio(p, examples),
             }
             for a, p in plans.items()
             if isinstance(p, ArmPlan)

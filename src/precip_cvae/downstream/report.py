@@ -107,6 +107,8 @@ def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = Non
             channels = ", ".join(f"{k} {v:.2f}" for k, v in dx["per_channel"].items())
             line += (f"; its synthetic inputs differ from their real day's by {dx['mean_abs_dx_sd']:.2f} channel "
                      f"standard deviations on average ({channels})")  # fmt: skip
+        if info.get("target_mass_ratio") is not None:
+            line += f"; its synthetic targets carry {info['target_mass_ratio']:.2f} × their real day's land total"
         lines.append(line)
     for arm, why in report["skipped"].items():
         lines.append(f"- `{arm}`: not run — {why}")
