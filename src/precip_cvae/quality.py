@@ -141,6 +141,14 @@ def assess_day(
 MASS_BIAS_WARNING = 0.10
 
 
+def mean_mass_ratio(records: list[dict]) -> float | None:
+    """The mean mass ratio (land total ÷ the real day's) of the accepted samples among ``records`` (the gate's
+    verdicts, or a sample store's manifest records); None when none records a finite one."""
+    ratios = [float(r["mass_ratio"]) for r in records if r.get("accepted")
+              and isinstance(r.get("mass_ratio"), (int, float)) and np.isfinite(r["mass_ratio"])]  # fmt: skip
+    return float(np.mean(ratios)) if ratios else None
+
+
 def summarize(verdicts: list[dict]) -> dict:
     """Counts: accepted, rejected, and rejections per reason (a sample may have several); and the mean mass ratio of
     the accepted samples (land total ÷ the real day's), which no per-sample bound catches when every sample is, say,
@@ -151,8 +159,7 @@ def summarize(verdicts: list[dict]) -> dict:
         for code in v["codes"]:
             reasons[code] = reasons.get(code, 0) + 1
     accepted = sum(v["accepted"] for v in verdicts)
-    ratios = [v["mass_ratio"] for v in verdicts if v["accepted"] and np.isfinite(v["mass_ratio"])]
-    mean_ratio = float(np.mean(ratios)) if ratios else None
+    mean_ratio = mean_mass_ratio(verdicts)
     bias = None
     if mean_ratio is not None and abs(mean_ratio - 1.0) > MASS_BIAS_WARNING:
         bias = (f"the accepted samples carry {mean_ratio:.2f} x their real day's land total on average: "

@@ -55,6 +55,7 @@ from precip_cvae.fileio import content_sha256, output_lock, remove_temporaries, 
 from precip_cvae.generator import select_device
 from precip_cvae.loop import Precision
 from precip_cvae.metrics import Categorical, Deterministic, Fields, Intensities, Mean, Scores
+from precip_cvae.quality import mean_mass_ratio
 
 PRECIP_CHANNELS = ("pr", "pr_coarse", "tp", "rr", "prate", "precip", "precipitation", "prcp", "tprate")
 #: Metrics where lower is better (others: "zero" = closest to 0, "higher").
@@ -314,10 +315,8 @@ def target_mass_ratio(plan: ArmPlan, examples: Examples) -> float | None:
     keys = {(r.day, r.sample) for r in plan.rows if r.synthetic}
     if not keys:
         return None
-    ratios = [float(s["mass_ratio"]) for s in examples.store.manifest().get("samples", [])
-              if (s.get("day"), s.get("sample")) in keys and isinstance(s.get("mass_ratio"), (int, float))
-              and np.isfinite(s["mass_ratio"])]  # fmt: skip
-    return float(np.mean(ratios)) if ratios else None
+    records = examples.store.manifest().get("samples", [])
+    return mean_mass_ratio([s for s in records if (s.get("day"), s.get("sample")) in keys])
 
 
 class ArmRows(Dataset):
