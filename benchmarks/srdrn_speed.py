@@ -72,47 +72,42 @@ def _trainer(geometry: tuple, device: torch.device, channels_last: bool, amp: bo
     return step
 
 
-def steps_per_s(geometry: tuple, device: torch.device, steps: int, channels_last=False, amp=False) -> float:
-    """Training steps/s after 5 untimed steps (which also let cuDNN time its algorithms when asked to)."""
-    step = _trainer(geometry, device, channels_last, amp)
+def _seconds(step, device: torch.device, steps: int, ready=None) -> float:
+    """Seconds for ``steps`` training steps after 5 untimed ones (which also let cuDNN time its algorithms when asked
+    to); with ``ready`` (a barrier), the timing starts once every process sharing it has warmed up."""
     for _ in range(5):
         step()
     _sync(device)
+    if ready is not None:
+        ready.wait()
     started = time.perf_counter()
     for _ in range(steps):
         step()
     _sync(device)
-    return steps / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
-def _worker(geometry, device: str, steps: int, threads: int, ready, start, results) -> None:
+def steps_per_s(geometry: tuple, device: torch.device, steps: int, channels_last=False, amp=False) -> float:
+    """Training steps/s of one SRDRN in this process."""
+    return steps / _seconds(_trainer(geometry, device, channels_last, amp), device, steps)
+
+
+def _worker(geometry, device: str, steps: int, threads: int, ready, results) -> None:
     torch.set_num_threads(threads)
     device = torch.device(device)
-    step = _trainer(geometry, device, False, False)
-    for _ in range(5):
-        step()
-    _sync(device)
-    ready.wait()  # every process built and warmed up
-    start.wait()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    results.put(time.perf_counter() - started)
+    results.put(_seconds(_trainer(geometry, device, False, False), device, steps, ready))
 
 
 def concurrent_steps_per_s(geometry: tuple, device: torch.device, steps: int, processes: int) -> float:
     """Summed training steps/s of ``processes`` processes that train at once (each with its share of the cores),
     over the time the slowest took."""
     context = multiprocessing.get_context("spawn")
-    ready, start, results = context.Barrier(processes + 1), context.Barrier(processes + 1), context.Queue()
+    ready, results = context.Barrier(processes), context.Queue()
     threads = max(1, (os.cpu_count() or 1) // processes)
-    workers = [context.Process(target=_worker, args=(geometry, str(device), steps, threads, ready, start, results))
+    workers = [context.Process(target=_worker, args=(geometry, str(device), steps, threads, ready, results))
                for _ in range(processes)]  # fmt: skip
     for w in workers:
         w.start()
-    ready.wait()
-    start.wait()
     seconds = [results.get(timeout=3600) for _ in workers]
     for w in workers:
         w.join()
