@@ -101,6 +101,50 @@ def test_an_empty_lock_is_taken_over_only_once_it_is_old(tmp_path):
     assert not lock.exists()
 
 
+_KILLED_WHILE_LOCKING = """
+import json, os, signal, sys
+from precip_cvae.fileio import output_lock
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+setattr({module}, {name!r}, die)
+with output_lock(sys.argv[1]):
+    pass
+"""
+
+
+@pytest.mark.parametrize("module,name", [("json", "dump"), ("os", "link")])
+def test_a_run_killed_while_taking_its_lock_leaves_no_lock_and_its_draft_is_removed(tmp_path, module, name, live_pid):
+    # SIGKILL while the lock's content is written, and between writing it and linking it into place: the lock never
+    # exists half-made, so the next run goes on at once (an empty lock made it wait UNWRITTEN_LOCK_S, or refuse)
+    out = tmp_path / "data"
+    code = _KILLED_WHILE_LOCKING.format(module=module, name=name)
+    killed = subprocess.Popen([sys.executable, "-c", code, str(out)], stderr=subprocess.PIPE, text=True)
+    assert killed.wait() == -9, killed.stderr.read()
+    host = socket.gethostname()
+    assert [p.name for p in tmp_path.iterdir()] == [f".data.lock.{host}.{killed.pid}.tmp"]  # its draft, no lock
+    others = [tmp_path / f".data.lock.{host}.{live_pid}.tmp", tmp_path / ".data.lock.another-host.1.tmp"]
+    for other in others:  # a live run's draft, and one of another host: not touched
+        other.write_text("{}")
+    with output_lock(out) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert sorted(tmp_path.iterdir()) == sorted(others)
+
+
+def test_without_hard_links_the_lock_is_created_exclusively(tmp_path, monkeypatch, live_pid):
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "synth"
+    with output_lock(out) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert list(tmp_path.iterdir()) == []
+    _lock_of(out, live_pid)
+    with pytest.raises(RunFailed, match=f"pid {live_pid}"):
+        with output_lock(out):
+            pass
+
+
 def test_a_lock_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

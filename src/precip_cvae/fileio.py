@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -270,7 +271,8 @@ def content_sha256(*paths: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-#: A lock file still empty after this many seconds was left by a run killed between creating and writing it.
+#: A lock file still empty after this many seconds was left by a run killed between creating and writing it (on a
+#: filesystem without hard links, where :func:`_create_lock` cannot make it appear whole).
 UNWRITTEN_LOCK_S = 10.0
 
 
@@ -291,10 +293,50 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _remove_stale_drafts(lock: Path, host: str) -> None:
+    """Remove the drafts of ``lock`` (see :func:`_create_lock`) left by killed runs on ``host``."""
+    for draft in lock.parent.glob(f"{glob_escape(lock.name)}.*.tmp"):
+        owner, _, pid = draft.name[len(lock.name) + 1 : -len(".tmp")].rpartition(".")
+        if owner == host and pid.isdigit() and not _alive(int(pid)):
+            draft.unlink(missing_ok=True)
+
+
+def _create_lock(lock: Path, me: dict[str, Any]) -> bool:
+    """Create ``lock`` holding ``me``, or return False where it exists. The lock appears whole: it is written as a
+    draft of its own name first and then hard-linked to the lock's name, which fails where the lock exists (a run
+    killed in between leaves a draft, never an empty lock). On a filesystem without hard links: created exclusively
+    and then written, so that a kill in between leaves it empty (:data:`UNWRITTEN_LOCK_S`)."""
+    draft = lock.with_name(f"{lock.name}.{me['host']}.{me['pid']}.tmp")
+    try:
+        with open(draft, "w") as fh:
+            json.dump(me, fh)
+        try:
+            os.link(draft, lock)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+    finally:  # also on a full disk: nothing is left behind
+        draft.unlink(missing_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+    except BaseException:
+        lock.unlink(missing_ok=True)
+        raise
+    return True
+
+
 @contextlib.contextmanager
 def output_lock(output: str | os.PathLike) -> Iterator[Path]:
     """Hold the lock of ``output`` (a file or directory) while the block runs: ``.<name>.lock`` beside it, created
-    exclusively, holding this process's pid, host, start time and command line.
+    exclusively (:func:`_create_lock`), holding this process's pid, host, start time and command line.
 
     A lock held by a live process, or by a process on another host (which cannot be checked from here), makes this
     one refuse with :class:`RunFailed` naming the owner; a lock left by a dead process on this host (a killed run) is
@@ -312,10 +354,9 @@ def output_lock(output: str | os.PathLike) -> Iterator[Path]:
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
           "started": datetime.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
+    _remove_stale_drafts(lock, me["host"])
     for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        if not _create_lock(lock, me):
             try:
                 owner = json.loads(lock.read_text() or "{}")
             except (OSError, json.JSONDecodeError):
@@ -326,7 +367,7 @@ def output_lock(output: str | os.PathLike) -> Iterator[Path]:
                 lock.unlink(missing_ok=True)
                 continue
             if not isinstance(pid, int) and _age_s(lock) > UNWRITTEN_LOCK_S:
-                # created but never written: its owner was killed in between (a live one writes at once)
+                # created but never written (a filesystem without hard links): its owner was killed in between
                 logger.warning(f"{lock}: empty and {_age_s(lock):.0f} s old, left by a killed run; taking it over")
                 lock.unlink(missing_ok=True)
                 continue
@@ -339,12 +380,6 @@ def output_lock(output: str | os.PathLike) -> Iterator[Path]:
                 f"{output}: another run is writing here (pid {pid} on {host}, since {owner.get('started')}: "
                 f"{owner.get('command')}); wait for it to finish, or delete {lock} if it is no longer running"
             ) from None
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-        except BaseException:  # a full disk: no lock file is left behind
-            lock.unlink(missing_ok=True)
-            raise
         break
     else:  # pragma: no cover - another process took the stale lock between our two attempts
         raise RunFailed(f"{output}: another run took over the stale lock {lock} just now")
