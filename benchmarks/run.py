@@ -18,7 +18,8 @@ Rows (absolute numbers for information, the ratio is the figure to compare acros
 - ``epoch``: one real training epoch of the demo-size generator (validation and checkpoints included) per training
   pixel-day, on twice the days and on half the grid ÷ the base dataset's (1: the cost is flat per pixel-day).
 - ``projection``: one real epoch of the default generator at the reference geometry (a synthetic benchmark of 240
-  days, 120 with --quick; validation and checkpoints included; ``train.batch_size`` 6, or ``--batch`` on a GPU)
+  days, 120 with --quick, or --epoch-days; validation and checkpoints included; ``train.batch_size`` 6, or
+  ``--batch`` on a GPU: a number or ``auto``, with the square-root learning-rate rule)
   scaled to the reference's run, 80 epochs over 14,500 days, in minutes ÷ issue 12's target of 10 minutes.
 - ``bf16``: on a GPU, training samples/s with bf16 autocast ÷ without, at batch 6, 32 and 128 (below 1: bf16 is
   slower at that batch).
@@ -212,21 +213,26 @@ def prepared_benchmark(work: Path, days: int, lr_shape: tuple[int, int], hr_shap
     return work / "data"
 
 
-def reference_epoch(work: Path, device: str, days: int, batch_size: int) -> dict:
+def reference_epoch(work: Path, device: str, days: int, batch_size: str) -> dict:
     """Seconds of one real epoch of the default generator (validation and checkpoint included) on a synthetic
-    benchmark of ``days`` days at the reference geometry, and the 80-epoch, 14,500-day run it projects to."""
+    benchmark of ``days`` days at the reference geometry, and the 80-epoch, 14,500-day run it projects to.
+    ``batch_size``: a number, or "auto" (with the square-root learning-rate rule); the batch used is returned."""
+    import yaml
+
     from precip_cvae.config import load_config
     from precip_cvae.data.dataset import PreparedData
     from precip_cvae.train import fit
 
     prepared_benchmark(work, days, REFERENCE_GEOMETRY[1], REFERENCE_GEOMETRY[2])
     overrides = [f"data.data_root={work / 'data'}", f"data.outputs_root={work / 'run'}", "train.epochs=1",
-                 f"train.device={device}", f"train.batch_size={batch_size}"]  # fmt: skip
+                 f"train.device={device}", f"train.batch_size={batch_size}", "train.lr_scaling=sqrt"]  # fmt: skip
     config = load_config(None, overrides)
     result = fit(config, progress=False)
     seconds = float(result["last_row"]["seconds"])
     train_days = len(PreparedData(work / "data").ids("train"))
-    return {"seconds": seconds, "train_days": train_days, "projected_minutes": seconds / train_days * 14_500 * 80 / 60}
+    used = yaml.safe_load((work / "run" / "config.yaml").read_text())["train"]["batch_size"]
+    return {"seconds": seconds, "train_days": train_days, "batch_size": used,
+            "projected_minutes": seconds / train_days * 14_500 * 80 / 60}  # fmt: skip
 
 
 def experiment_step_rates(root: Path, device: torch.device, steps: int) -> dict:
@@ -288,7 +294,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where the results go")
-    parser.add_argument("--batch", type=int, default=6, help="train.batch_size of the projected epoch (6)")
+    parser.add_argument("--batch", default="6", help="train.batch_size of the projected epoch: a number or auto (6)")
+    parser.add_argument("--epoch-days", type=int, default=None,
+                        help="days of the projected epoch's benchmark (240; 120 with --quick)")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the training alarms of a one-epoch model are expected here
     if args.threads:
@@ -348,8 +356,9 @@ def main() -> None:
             row(f"train bf16, reference geometry, batch {batch}: samples/s", fast["samples_per_s"], "samples/s",
                 slow["samples_per_s"], "fp32 (TF32) at the same batch (>= 1: bf16 no slower)", False)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        r = reference_epoch(Path(tmp), str(device), 120 if args.quick else 240, args.batch)
-        row(f"projected: 80 epochs x 14,500 days, reference geometry, batch {args.batch} (from a real epoch of "
+        r = reference_epoch(Path(tmp), str(device), args.epoch_days or (120 if args.quick else 240), args.batch)
+        batch = f"{r['batch_size']} (auto)" if args.batch == "auto" else r["batch_size"]
+        row(f"projected: 80 epochs x 14,500 days, reference geometry, batch {batch} (from a real epoch of "
             f"{r['train_days']} days, {r['seconds']:.0f} s)", r["projected_minutes"], "min", 10.0,
             "issue 12's target of 10 minutes (<= 1: met)", False)  # fmt: skip
 

@@ -73,3 +73,17 @@ def test_the_downstream_experiment_gives_the_same_numbers_on_cuda_as_on_the_cpu(
         report = run_experiment(config, options, tmp_path / device / "experiment", progress=False)
         results[device] = report["summary"]["baseline"]["all"]["MAE_all"]["value"]["mean"]
     assert results["cuda"] == pytest.approx(results["cpu"], rel=1e-4)
+
+
+def test_auto_batch_is_measured_on_the_gpu(prepared, tmp_path, caplog):
+    import logging
+
+    from precip_cvae.batching import AUTO_BATCHES
+    from precip_cvae.train import Trainer
+
+    config = _config(prepared, tmp_path, "train.device=cuda", "train.amp=true", "train.batch_size=auto",
+                     "train.lr_scaling=sqrt")  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="precip_cvae.train"):
+        trainer = Trainer(config, progress=False)
+    assert trainer.config.train.batch_size in AUTO_BATCHES and trainer.config.train.lr_scaling == "none"
+    assert "training samples/s by batch: 6: " in caplog.text

@@ -102,11 +102,15 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimization and bookkeeping. ``warmup_epochs`` is the KL warm-up (beta grows linearly)."""
+    """Optimization and bookkeeping. ``warmup_epochs`` is the KL warm-up (beta grows linearly). ``batch_size``: days
+    per step, or "auto" (the batch that fills the GPU, measured at the start); ``lr_scaling`` ("none", "sqrt",
+    "linear"): ``lr`` scaled from batches of ``lr_reference_batch`` days to the run's (:mod:`precip_cvae.batching`)."""
 
     epochs: int = 80
-    batch_size: int = 6
+    batch_size: int | str = 6
     lr: float = 1e-3
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 6
     weight_decay: float = 0.0
     amp: bool = True
     grad_clip: float = 1.0
@@ -320,6 +324,7 @@ _CHOICES = {
     "model.prior": ("standard", "conditional"),
     "model.output": ("linear", "censored"),
     "train.schedule": ("constant", "cosine"),
+    "train.lr_scaling": ("none", "sqrt", "linear"),
     "train.select_metric": tuple(c for c in TRAIN_LOG_COLUMNS if c not in TEXT_LOG_COLUMNS),
     "sampling.mode": ("posterior", "prior"),
     "evaluate.split": ("test", "val", "train"),
@@ -453,10 +458,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate(config: Config) -> None:
     """Range checks that types alone cannot express."""
-    block_cap = config.model.decoder_block_width_cap
+    block_cap, batch = config.model.decoder_block_width_cap, config.train.batch_size
+    if isinstance(batch, str) and batch != "auto":
+        raise InputError(f"config key train.batch_size: a number of days or auto, got {batch!r}")
     checks = [
         ("train.epochs", config.train.epochs >= 1),
-        ("train.batch_size", config.train.batch_size >= 1),
+        ("train.batch_size", batch == "auto" if isinstance(batch, str) else batch >= 1),
+        ("train.lr_reference_batch", config.train.lr_reference_batch >= 1),
         ("train.lr", config.train.lr > 0),
         ("train.accumulate", config.train.accumulate >= 1),
         ("train.save_every", config.train.save_every >= 1),

@@ -4,6 +4,7 @@ checkpoints, resume and the collapse alarms."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import logging
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler, default_collate
 
-from precip_cvae import distributed, loop
+from precip_cvae import batching, distributed, loop
 from precip_cvae.checkpoint import check_against, load_checkpoint, save_checkpoint, training_state
 from precip_cvae.config import HIGHER_IS_BETTER, TRAIN_LOG_COLUMNS, Config, dump_config
 from precip_cvae.data.dataset import DayDataset, PreparedData
@@ -62,7 +63,7 @@ def lr_at(epoch: int, config: Config) -> float:
 class Trainer:
     """Everything :func:`fit` needs, built once from the config and the prepared dataset."""
 
-    def __init__(self, config: Config, progress: bool = True):
+    def __init__(self, config: Config, progress: bool = True, resume: bool = False):
         self.config = config
         self.progress = progress
         self.data = PreparedData(config.data.data_root)
@@ -74,21 +75,10 @@ class Trainer:
         self.log_path = self.out_dir / "logs" / "train_log.csv"
         t = config.train
         self.train_set = DayDataset(self.data, self.data.ids("train"))
-        self.val_set = DayDataset(self.data, self.data.ids("val") or self.data.ids("train")[-max(1, t.batch_size) :])
         if len(self.train_set) == 0:
             raise InputError(f"{self.data.root}: the train split is empty")
-        self.data.check_days(self.train_set.ids + self.val_set.ids)
-        self.local_batch = distributed.local_batch(t.batch_size, self.ctx)
-        if self.ctx.active and len(self.train_set) < t.batch_size:
-            raise InputError(
-                f"config key train.batch_size: {t.batch_size} is more than the {len(self.train_set)} training days"
-            )
         torch.manual_seed(t.seed)
         self.model = build_model(self.data, config.model).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        self.noise = torch.Generator(device=self.device).manual_seed(t.seed + 1)
-        # what the training steps draw from: under torchrun, this rank's rows of the global batch's noise
-        self.step_noise = distributed.RankNoise(self.noise, self.ctx) if self.ctx.active else self.noise
         self.trained = self.model  # what the steps run: the model, or its DDP wrapper (see wrap())
         self.precision = Precision.for_device(self.device, t.amp)
         self.scaler = self.precision.scaler
@@ -99,6 +89,75 @@ class Trainer:
         self.p95_mm = self.data.thresholds_mm["P95"]
         self.weights = config.loss
         self.n_prior = config.loss.crps_members if config.loss.crps_weight > 0 else 0
+        self.config = config = self._resolve_batch(resume)  # a number of days per step from here on
+        t = config.train
+        self.val_set = DayDataset(self.data, self.data.ids("val") or self.data.ids("train")[-max(1, t.batch_size) :])
+        self.data.check_days(self.train_set.ids + self.val_set.ids)
+        self.local_batch = distributed.local_batch(t.batch_size, self.ctx)
+        if self.ctx.active and len(self.train_set) < t.batch_size:
+            raise InputError(
+                f"config key train.batch_size: {t.batch_size} is more than the {len(self.train_set)} training days"
+            )
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.noise = torch.Generator(device=self.device).manual_seed(t.seed + 1)
+        # what the training steps draw from: under torchrun, this rank's rows of the global batch's noise
+        self.step_noise = distributed.RankNoise(self.noise, self.ctx) if self.ctx.active else self.noise
+
+    def _resolve_batch(self, resume: bool) -> Config:
+        """The config with ``train.batch_size=auto`` and ``train.lr_scaling`` resolved (:mod:`precip_cvae.batching`):
+        measured on a GPU, taken from the checkpoint a resume continues."""
+        t = self.config.train
+        last = self.ckpt_dir / "cvae_last.pt"
+        stored = None
+        if resume and last.exists() and (t.batch_size == "auto" or t.lr_scaling != "none"):
+            stored = load_checkpoint(last)["config"]["train"]
+        config, said = batching.resolve(
+            self.config, rate=self.samples_per_s if self.device.type == "cuda" else None,
+            train_days=len(self.train_set), world=self.ctx.world, stored=stored,
+        )  # fmt: skip
+        if said and self.ctx.main:
+            logger.info(said)
+        return config
+
+    def samples_per_s(self, batch_size: int, steps: int = 3) -> float | None:
+        """Training samples/s of a copy of the model at ``batch_size`` days (the first training days, repeated where
+        there are fewer), after one step of warm-up; None where the step does not fit in memory (on a GPU: within
+        :data:`~precip_cvae.batching.AUTO_MEMORY_SHARE` of it). The model, the optimizer and every random state are
+        left as they were."""
+        cuda = self.device.type == "cuda"
+        try:
+            with torch.random.fork_rng(devices=[self.device] if cuda else []):
+                seconds, peak = self._time_steps(batch_size, steps)
+        except torch.cuda.OutOfMemoryError:
+            seconds = peak = None
+        if cuda:
+            torch.cuda.empty_cache()  # the copy's memory, freed on return from _time_steps
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            if peak is not None and peak > batching.AUTO_MEMORY_SHARE * total:
+                return None
+        return None if seconds is None else batch_size * steps / seconds
+
+    def _time_steps(self, batch_size: int, steps: int) -> tuple[float, int]:
+        """Seconds of ``steps`` training steps of a copy of the model and optimizer (after one of warm-up), and the
+        peak GPU memory they took (0 on other devices)."""
+        cuda = self.device.type == "cuda"
+        items = [self.train_set[i % len(self.train_set)] for i in range(batch_size)]
+        batch = self.to_device(default_collate(items))
+        model = copy.deepcopy(self.model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-12)
+        scaler = torch.amp.GradScaler(self.device.type) if self.scaler is not None else None
+        noise = torch.Generator(device=self.device).manual_seed(0)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        for i in range(steps + 1):
+            if i == 1:
+                started = time.perf_counter()
+            train_step(model, batch, optimizer, self.loss_fn(1.0), grad_clip=self.config.train.grad_clip,
+                       scaler=scaler, autocast_dtype=self.precision.dtype, generator=noise)  # fmt: skip
+            if cuda:
+                torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        return seconds, torch.cuda.max_memory_allocated(self.device) if cuda else 0
 
     # -- pieces ------------------------------------------------------------------------------------
     def wrap(self) -> None:
@@ -382,7 +441,7 @@ def fit(
     resolved ``config.yaml``. With ``resume``, continues from ``cvae_last.pt``. Started by ``torchrun``, each process
     trains one rank of a DDP run (:mod:`precip_cvae.distributed`) and rank 0 alone writes.
     """
-    trainer = Trainer(config, progress=progress)
+    trainer = Trainer(config, progress=progress, resume=resume)
     with contextlib.ExitStack() as stack:
         if trainer.ctx.main:  # one run writes into outputs_root at a time
             stack.enter_context(output_lock(trainer.out_dir))
