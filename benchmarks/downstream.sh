@@ -57,8 +57,11 @@ if [ ! -f "$run/.done" ]; then
     train.warmup_epochs=3 train.save_every=1000 --quiet
   touch "$run/.done"
 fi
+# the paths of this work directory, also for a generator trained elsewhere and copied into $run (a generator is tied to
+# its data by the grids and the normalization, which the training period alone decides)
+here_paths="data.data_root=$work/data data.outputs_root=$run"
 [ -f "$run/synth/manifest.json" ] || $P sample --config "$run/config.yaml" --mode posterior --K 4 --days heavy_only \
-  --quiet
+  --quiet $here_paths
 $P experiment --config "$run/config.yaml" --seeds $SEEDS --steps $STEPS --filters 16 --blocks 4 --device $DEVICE \
-  --jobs $JOBS --out "$work/experiment" --quiet \
+  --jobs $JOBS --out "$work/experiment" --quiet $here_paths \
   experiment.arms=[baseline,augment,oversample,reweight,quantile,quantile_augment,augment_newx,augment_pairs] $RECIPE
