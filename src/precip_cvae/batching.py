@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from precip_cvae.config import Config
+from precip_cvae.config import Config, TrainConfig
 from precip_cvae.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,12 @@ def choose_batch(rate: Callable[[int], float | None], largest: int) -> tuple[int
     return chosen, rates
 
 
+def resolves(train: TrainConfig) -> bool:
+    """Whether ``train`` has anything for :func:`resolve` to decide: ``batch_size`` "auto" or a
+    learning-rate scaling."""
+    return train.batch_size == "auto" or train.lr_scaling != "none"
+
+
 def resolve(
     config: Config,
     *,
@@ -80,7 +86,7 @@ def resolve(
     from, whose resolved numbers are taken as they are.
     """
     t = config.train
-    if t.batch_size != "auto" and t.lr_scaling == "none":
+    if not resolves(t):
         return config, None
     if stored is not None:
         batch, lr = int(stored["batch_size"]), float(stored["lr"])

@@ -463,7 +463,7 @@ def validate(config: Config) -> None:
         raise InputError(f"config key train.batch_size: a number of days or auto, got {batch!r}")
     checks = [
         ("train.epochs", config.train.epochs >= 1),
-        ("train.batch_size", batch == "auto" if isinstance(batch, str) else batch >= 1),
+        ("train.batch_size", isinstance(batch, str) or batch >= 1),  # a string is "auto" (checked above)
         ("train.lr_reference_batch", config.train.lr_reference_batch >= 1),
         ("train.lr", config.train.lr > 0),
         ("train.accumulate", config.train.accumulate >= 1),

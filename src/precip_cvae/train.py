@@ -109,7 +109,7 @@ class Trainer:
         t = self.config.train
         last = self.ckpt_dir / "cvae_last.pt"
         stored = None
-        if resume and last.exists() and (t.batch_size == "auto" or t.lr_scaling != "none"):
+        if resume and last.exists() and batching.resolves(t):
             stored = load_checkpoint(last)["config"]["train"]
         config, said = batching.resolve(
             self.config, rate=self.samples_per_s if self.device.type == "cuda" else None,
