@@ -10,8 +10,9 @@
 # heavy training day through the gate, and runs every arm of `precip-cvae experiment`. Finished stages are skipped
 # when run again (finished runs too, when their settings agree). Environment: DEVICE (auto), JOBS (1), SEEDS, STEPS
 # and RECIPE (the experiment's overrides), each by default what the dataset's measured run used (below), EPOCHS (the
-# generator's: synthetic 12, eobs 30, fraser 10), SHARED (../shared/data beside the checkout), SYNTH_ARGS
-# (--days 6000 --test-fraction 0.6 --oracle-members 2: the experiment does not use the oracle).
+# generator's: synthetic 12, eobs 30, fraser 10), PRESERVE_MASS (sample --preserve-mass: none, domain or cells; none),
+# SHARED (../shared/data beside the checkout), SYNTH_ARGS (--days 6000 --test-fraction 0.6 --oracle-members 2: the
+# experiment does not use the oracle).
 set -euo pipefail
 name=${1:?dataset: synthetic, eobs or fraser}
 work=${2:?work directory}
@@ -60,8 +61,17 @@ fi
 # the paths of this work directory, also for a generator trained elsewhere and copied into $run (a generator is tied to
 # its data by the grids and the normalization, which the training period alone decides)
 here_paths="data.data_root=$work/data data.outputs_root=$run"
-[ -f "$run/synth/manifest.json" ] || $P sample --config "$run/config.yaml" --mode posterior --K 4 --days heavy_only \
-  --quiet $here_paths
+PRESERVE_MASS=${PRESERVE_MASS:-none}
+if [ -f "$run/synth/manifest.json" ]; then  # drawn before: with the same rescaling, or refused
+  have=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['options'].get('preserve_mass', 'none'))" \
+    "$run/synth/manifest.json")
+  if [ "$have" != "$PRESERVE_MASS" ]; then
+    echo "$run/synth: drawn with preserve_mass $have, not $PRESERVE_MASS: use another WORKDIR or delete it" >&2; exit 2
+  fi
+else
+  $P sample --config "$run/config.yaml" --mode posterior --K 4 --days heavy_only --preserve-mass "$PRESERVE_MASS" \
+    --quiet $here_paths
+fi
 $P experiment --config "$run/config.yaml" --seeds $SEEDS --steps $STEPS --filters 16 --blocks 4 --device $DEVICE \
   --jobs $JOBS --out "$work/experiment" --quiet $here_paths \
   experiment.arms=[baseline,augment,oversample,reweight,quantile,quantile_augment,augment_newx,augment_pairs] $RECIPE

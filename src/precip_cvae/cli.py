@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from precip_cvae import __version__
-from precip_cvae.config import ARMS
+from precip_cvae.config import ARMS, PRESERVE_MASS
 from precip_cvae.errors import InputError, RunFailed
 
 
@@ -291,6 +291,10 @@ def _add_sample(sub) -> None:
     _option(p, "--seed", type=int)
     _option(p, "--batch-size", type=_positive_int, help="days per forward pass")
     _option(p, "--keep-rejected", action="store_true", help="write rejected samples to synth/rejected/")
+    _option(
+        p, "--preserve-mass", choices=PRESERVE_MASS,
+        help="rescale each sample to its real day's land total (domain) or coarse-cell totals (cells); none",
+    )  # fmt: skip
     _option(p, "--out", type=Path, help="output directory (default <outputs_root>/synth)")
     _verbosity(p)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
@@ -300,12 +304,12 @@ def _add_sample(sub) -> None:
 def _run_sample(args: argparse.Namespace) -> int:
     from precip_cvae.sample import SampleOptions, format_summary, run_sample
 
-    flags = {name: f"sampling.{name}" for name in ("mode", "K", "days", "temperature", "min_threshold", "seed")}
-    config = _load_config(args, {**flags, "batch_size": "sampling.batch_size"})
+    names = ("mode", "K", "days", "temperature", "min_threshold", "seed", "batch_size", "preserve_mass")
+    config = _load_config(args, {name: f"sampling.{name}" for name in names})
     s = config.sampling
     options = SampleOptions(
         mode=s.mode, K=s.K, days=s.days, temperature=s.temperature, seed=s.seed, batch_size=s.batch_size,
-        keep_rejected=args.keep_rejected,
+        keep_rejected=args.keep_rejected, preserve_mass=s.preserve_mass,
     )  # fmt: skip
     out = args.out or Path(config.data.outputs_root) / "synth"
     summary = run_sample(config, options, checkpoint=args.checkpoint, out_dir=out, progress=not args.quiet)

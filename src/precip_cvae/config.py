@@ -146,11 +146,17 @@ TEXT_LOG_COLUMNS = ("epoch", "alarms", "train_L_kl_scales", "val_L_kl_scales", "
 HIGHER_IS_BETTER = ("val_active_units", "val_sample_spread_mm")
 
 
+#: ``sampling.preserve_mass``: samples as drawn, or rescaled to the real day's land total or coarse-cell totals
+#: (:mod:`precip_cvae.conserve`).
+PRESERVE_MASS = ("none", "domain", "cells")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """Defaults of `precip-cvae sample` (each also a command-line option).
 
     ``min_threshold`` is the reference's name of the gate's ``min_mass_ratio``: when given it sets it.
+    ``preserve_mass`` one of :data:`PRESERVE_MASS`.
     """
 
     mode: str = "posterior"
@@ -160,6 +166,7 @@ class SamplingConfig:
     min_threshold: float | None = None
     seed: int = 0
     batch_size: int = 16
+    preserve_mass: str = "none"
 
 
 @dataclass(frozen=True)
@@ -327,6 +334,7 @@ _CHOICES = {
     "train.lr_scaling": ("none", "sqrt", "linear"),
     "train.select_metric": tuple(c for c in TRAIN_LOG_COLUMNS if c not in TEXT_LOG_COLUMNS),
     "sampling.mode": ("posterior", "prior"),
+    "sampling.preserve_mass": PRESERVE_MASS,
     "evaluate.split": ("test", "val", "train"),
     "evaluate.mode": ("prior", "posterior"),
     "experiment.schedule": ("constant", "cosine"),

@@ -45,6 +45,14 @@ class Climatology:
         return cls(bands, float(record_max))
 
 
+def mass_ratio(sample_mm: np.ndarray, real_mm: np.ndarray, use: np.ndarray) -> float:
+    """A sample's total over the pixels ``use`` ÷ the real day's (float64): 1 for two dry fields, inf for rain on a
+    dry day. The gate's ``mass_ratio`` (``use``: valid land pixels where the real day has data)."""
+    s = float(sample_mm[use].astype(np.float64).sum())
+    r = float(real_mm[use].astype(np.float64).sum())
+    return s / r if r > 0 else (float("inf") if s > 0 else 1.0)
+
+
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     denominator = np.sqrt((a * a).sum() * (b * b).sum())
@@ -118,7 +126,7 @@ def assess_day(
     for sample in samples_mm:
         s = sample[use].astype(np.float64)
         numbers = {
-            "mass_ratio": float(s.sum() / real.sum()) if real.sum() > 0 else float("inf") if s.sum() > 0 else 1.0,
+            "mass_ratio": mass_ratio(sample, real_mm, use),
             "wet_fraction": float((s >= WET_MM_PER_DAY).mean()) if s.size else 0.0,
             "peak_mm_per_day": float(s.max()) if s.size else 0.0,
             "correlation_with_real": _pearson(s, real),
@@ -141,11 +149,12 @@ def assess_day(
 MASS_BIAS_WARNING = 0.10
 
 
-def mean_mass_ratio(records: list[dict]) -> float | None:
+def mean_mass_ratio(records: list[dict], key: str = "mass_ratio") -> float | None:
     """The mean mass ratio (land total ÷ the real day's) of the accepted samples among ``records`` (the gate's
-    verdicts, or a sample store's manifest records); None when none records a finite one."""
-    ratios = [float(r["mass_ratio"]) for r in records if r.get("accepted")
-              and isinstance(r.get("mass_ratio"), (int, float)) and np.isfinite(r["mass_ratio"])]  # fmt: skip
+    verdicts, or a sample store's manifest records); None when none records a finite one. ``key``
+    ``drawn_mass_ratio``: the same before `sample` rescaled them (``sampling.preserve_mass``)."""
+    ratios = [float(r[key]) for r in records if r.get("accepted")
+              and isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]  # fmt: skip
     return float(np.mean(ratios)) if ratios else None
 
 

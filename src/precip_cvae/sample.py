@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from precip_cvae import __version__, distributed
+from precip_cvae import __version__, conserve, distributed
 from precip_cvae.config import Config
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.sample_store import SampleWriter
@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SampleOptions:
-    """What to draw: ``mode`` posterior|prior, ``K`` per day, ``days`` (heavy_only, split:NAME, file:PATH)."""
+    """What to draw: ``mode`` posterior|prior, ``K`` per day, ``days`` (heavy_only, split:NAME, file:PATH), and
+    ``preserve_mass`` (none, domain, cells: :mod:`precip_cvae.conserve`)."""
 
     mode: str = "posterior"
     K: int = 2
@@ -38,6 +39,7 @@ class SampleOptions:
     seed: int = 0
     batch_size: int = 16
     keep_rejected: bool = False
+    preserve_mass: str = "none"
 
 
 def select_days(data: PreparedData, spec: str) -> list[int]:
@@ -101,7 +103,10 @@ def run_sample(
         raise InputError(f"--K: must be >= 1, got {options.K}")
     if options.temperature < 0:
         raise InputError(f"--temperature: must be >= 0, got {options.temperature}")
+    if options.preserve_mass not in conserve.MODES:
+        raise InputError(f"--preserve-mass: must be one of {', '.join(conserve.MODES)}, got {options.preserve_mass!r}")
     data = PreparedData(config.data.data_root)
+    block = conserve.cell_factor(data) if options.preserve_mass == "cells" else None
     requested = select_device(config.train.device)
     ctx = distributed.context(requested)
     gen = Generator.from_outputs(data, config.data.outputs_root, checkpoint, distributed.rank_device(requested, ctx))
@@ -123,10 +128,16 @@ def run_sample(
         batch_ids = batches[index]
         rng = gen.rng(distributed.batch_seed(options.seed, index))
         inputs, z, mm = gen.draw(batch_ids, options.K, options.mode, options.temperature, rng)
-        verdicts = [
-            assess_day(mm[b], data.target_mm(day), land, data.categories[f"{day:06d}"], climatology, gate)
-            for b, day in enumerate(batch_ids)
-        ]
+        verdicts = []
+        for b, day in enumerate(batch_ids):
+            real = data.target_mm(day)
+            kept, info = conserve.conserve(mm[b], real, data.valid_mask, land, options.preserve_mass, block)
+            if options.preserve_mass != "none":  # as drawn otherwise, bit for bit
+                mm[b] = kept
+                z[b] = data.normalization.to_z(kept)
+            day_verdicts = assess_day(mm[b], real, land, data.categories[f"{day:06d}"], climatology, gate)
+            verdicts.append([{**v, "drawn_mass_ratio": info["drawn_mass_ratio"][k], "unscaled_cells":
+                              info["unscaled_cells"][k]} for k, v in enumerate(day_verdicts)])  # fmt: skip
         return batch_ids, inputs, z, mm, verdicts
 
     def in_order():
@@ -149,6 +160,7 @@ def run_sample(
         "temperature": options.temperature,
         "seed": options.seed,
         "days": options.days,
+        "preserve_mass": options.preserve_mass,
     }
     with staged_directory(out_dir, overwrite=True) as root:
         writer = SampleWriter(
@@ -171,6 +183,9 @@ def run_sample(
             bar.close()
             summary = summarize(records)
             summary["days"] = len(ids)
+            summary["preserve_mass"] = options.preserve_mass
+            drawn = [r["drawn_mass_ratio"] for r in records if np.isfinite(r["drawn_mass_ratio"])]
+            summary["drawn_mass_ratio"] = float(np.mean(drawn)) if drawn else None
             summary["mean_pairwise_spread_mm_per_day"] = float(np.mean(spreads)) if spreads else None
             if summary["mass_bias"]:
                 logger.warning(summary["mass_bias"])
@@ -207,4 +222,9 @@ def format_summary(summary: dict, out_dir: Path) -> str:
         f"{summary['accepted']} accepted, {summary['rejected']} rejected (reasons: {reasons})"
         + (f"; mean spread between samples of a day {spread:.3f} mm/day" if spread is not None else "")
         + (f"; accepted samples carry {ratio:.3f} x their day's land total" if ratio is not None else "")
+        + (
+            f" (drawn: {summary['drawn_mass_ratio']:.3f} x, rescaled: preserve_mass {summary['preserve_mass']})"
+            if summary.get("preserve_mass", "none") != "none" and summary.get("drawn_mass_ratio") is not None
+            else ""
+        )
     )

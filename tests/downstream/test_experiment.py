@@ -99,7 +99,8 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     from tests.cases import PERMISSIVE
 
     synth = tmp_path / "synth"
-    run_sample(trained, SampleOptions(mode="prior", K=2, days="heavy_only"), PERMISSIVE, out_dir=synth, progress=False)
+    run_sample(trained, SampleOptions(mode="prior", K=2, days="heavy_only", preserve_mass="domain"), PERMISSIVE,
+               out_dir=synth, progress=False)  # fmt: skip
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(trained.to_dict()))
     out = tmp_path / "experiment"
@@ -126,13 +127,19 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     assert len(moved) == 1 and moved[0].lower() in ("pr", "pr_coarse", "tp", "rr", "precip", "precipitation")
     assert np.isfinite(report["summary"]["quantile"]["all"]["CRPS_q"]["value"]["mean"])
     # how wet the synthetic targets are against their real days: the gate's ratios of the samples used (all of them
-    # here: K = 2 = per_day, a permissive gate), averaged
+    # here: K = 2 = per_day, a permissive gate), averaged; 1 after `sample` rescaled them, and as drawn
     records = json.loads((synth / "manifest.json").read_text())["samples"]
     expected = np.mean([r["mass_ratio"] for r in records if r["accepted"]])
-    assert arms["augment"]["target_mass_ratio"] == pytest.approx(expected)
+    drawn = np.mean([r["drawn_mass_ratio"] for r in records if r["accepted"]])
+    assert arms["augment"]["target_mass_ratio"] == pytest.approx(expected) == pytest.approx(1.0, abs=1e-4)
+    assert arms["augment"]["drawn_mass_ratio"] == pytest.approx(drawn) and abs(drawn - 1) > 1e-3
+    assert arms["augment"]["preserve_mass"] == "domain" and arms["baseline"]["preserve_mass"] is None
     assert arms["baseline"]["target_mass_ratio"] is None
     text = (out / "experiment.md").read_text()
-    assert f"its synthetic targets carry {expected:.2f} × their real day's land total" in text
+    assert (
+        f"its synthetic targets carry {expected:.2f} × their real day's land total (drawn {drawn:.2f} ×, "
+        "rescaled with preserve_mass domain)"
+    ) in text
     assert text.startswith("# Downstream experiment") and "Best for extremes" in text
     assert "its synthetic inputs differ from their real day's by 0.00 channel standard deviations" in text
     assert "blew up" in text and isinstance(report["blowups"], list)
@@ -377,6 +384,25 @@ def test_a_rerun_keeps_finished_runs_of_the_same_settings_and_refuses_others(pre
     (out / "runs" / "baseline_seed0.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match="metadata_sha256"):
         run_experiment(config, options, out, progress=False)
+
+
+def test_a_finished_run_is_kept_across_sample_stores_only_where_its_arm_reads_none():
+    """Rescaled or re-gated samples (another manifest hash) leave baseline, quantile and reweight runs valid;
+    augmentation arms and oversample (whose heavy share follows the number of accepted samples) are refused."""
+    from precip_cvae.downstream.experiment import SAMPLE_ARMS, SAMPLE_FREE_ARMS, check_run_settings
+    from precip_cvae.errors import InputError
+
+    settings = {"steps": 10, "samples_sha256": "a" * 64}
+    record = {"settings": {"steps": 10, "samples_sha256": "b" * 64}}
+    for arm in SAMPLE_FREE_ARMS:
+        check_run_settings(Path(f"{arm}_seed0.json"), record, settings, arm)
+    for arm in (*SAMPLE_ARMS, "oversample"):
+        with pytest.raises(InputError, match=f"{arm}_seed0.json.*samples_sha256"):
+            check_run_settings(Path(f"{arm}_seed0.json"), record, settings, arm)
+    assert set(SAMPLE_FREE_ARMS) | set(SAMPLE_ARMS) | {"oversample"} == set(ARMS)
+    with pytest.raises(InputError, match="steps"):  # any other key still counts for every arm
+        check_run_settings(Path("baseline_seed0.json"), {"settings": {**record["settings"], "steps": 9}}, settings,
+                           "baseline")  # fmt: skip
 
 
 def _baseline_run(prepared, tmp_path, *overrides):

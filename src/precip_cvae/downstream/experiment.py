@@ -118,6 +118,12 @@ def _cell_index(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, points, side="right") - 1
 
 
+#: Arms trained on synthetic samples.
+SAMPLE_ARMS = ("augment", "quantile_augment", "augment_newx", "augment_pairs")
+#: Arms whose rows do not depend on the sample store: a finished run of one is kept when only the samples changed
+#: (``oversample`` is not among them: its heavy share follows the number of accepted samples).
+SAMPLE_FREE_ARMS = ("baseline", "quantile", "reweight")
+
 #: Largest in-memory copy of an arm's rows, in bytes, shared by an experiment's processes (``experiment.jobs``): below
 #: its share a run loads every row once and draws its batches from memory (on its device); above it a DataLoader reads
 #: each batch's rows from disk.
@@ -245,8 +251,7 @@ def plan_arms(data: PreparedData, options: ExperimentOptions, examples: Examples
     for arm in options.arms:
         if arm not in ARMS:
             raise InputError(f"--arms: unknown arm {arm!r} (known: {', '.join(ARMS)})")
-        needs_synth = arm in ("augment", "quantile_augment", "augment_newx", "augment_pairs")
-        if needs_synth and not synth:
+        if arm in SAMPLE_ARMS and not synth:
             plans[arm] = "no accepted synthetic samples of training days (run `precip-cvae sample` first)"
             continue
         if arm == "augment_newx" and examples.precip_channel is None:
@@ -308,15 +313,25 @@ def input_distance(plan: ArmPlan, examples: Examples, max_rows: int = 200) -> di
             zip(data.variables, per_channel, strict=True)}, "rows": len(rows)}  # fmt: skip
 
 
-def target_mass_ratio(plan: ArmPlan, examples: Examples) -> float | None:
+def target_mass_ratio(plan: ArmPlan, examples: Examples, key: str = "mass_ratio") -> float | None:
     """The mean land total of an arm's synthetic targets ÷ their real day's, from the gate's record of each sample in
-    the store's manifest (1: as wet as the days they stand for). None when the arm has no synthetic row or the
-    manifest records no ratio."""
+    the store's manifest (1: as wet as the days they stand for; ``key`` drawn_mass_ratio: before `sample` rescaled
+    them). None when the arm has no synthetic row or the manifest records no ratio."""
     keys = {(r.day, r.sample) for r in plan.rows if r.synthetic}
     if not keys:
         return None
     records = examples.store.manifest().get("samples", [])
-    return mean_mass_ratio([s for s in records if (s.get("day"), s.get("sample")) in keys])
+    return mean_mass_ratio([s for s in records if (s.get("day"), s.get("sample")) in keys], key)
+
+
+def target_mass(plan: ArmPlan, examples: Examples) -> dict:
+    """``target_mass_ratio`` and ``drawn_mass_ratio`` (:func:`target_mass_ratio`) of an arm's synthetic targets, and
+    the store's ``preserve_mass`` (None for an arm without synthetic rows)."""
+    ratio = target_mass_ratio(plan, examples)
+    if ratio is None:
+        return {"target_mass_ratio": None, "drawn_mass_ratio": None, "preserve_mass": None}
+    return {"target_mass_ratio": ratio, "drawn_mass_ratio": target_mass_ratio(plan, examples, "drawn_mass_ratio"),
+            "preserve_mass": examples.store.manifest().get("options", {}).get("preserve_mass", "none")}  # fmt: skip
 
 
 class ArmRows(Dataset):
@@ -756,7 +771,7 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
         run: json.loads(run_path(runs_dir, *run).read_text()) for run in runs if run_path(runs_dir, *run).is_file()
     }
     for run, record in finished.items():
-        check_run_settings(run_path(runs_dir, *run), record, settings)
+        check_run_settings(run_path(runs_dir, *run), record, settings, run[0])
     todo = [run for run in runs if run not in finished]
     if options.jobs > 1 and len(todo) > 1:
         jobs = min(options.jobs, len(todo))
@@ -790,7 +805,7 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
                 "heavy_share": p.heavy_share,
                 "note": p.note,
                 "input_distance": input_distance(p, examples),
-                "target_mass_ratio": target_mass_ratio(p, examples),
+                **target_mass(p, examples),
             }
             for a, p in plans.items()
             if isinstance(p, ArmPlan)
@@ -874,14 +889,16 @@ def run_settings(options: ExperimentConfig, config: Config, data: PreparedData, 
     }
 
 
-def check_run_settings(path: Path, record: dict, settings: dict) -> None:
-    """Refuse to mix a finished run (``record``, read from ``path``) made under other settings into this experiment's
-    statistics (a re-run into the same ``--out`` with, e.g., another ``--steps``), naming the first keys that differ."""
+def check_run_settings(path: Path, record: dict, settings: dict, arm: str) -> None:
+    """Refuse to mix a finished run (``record``, read from ``path``) of ``arm`` made under other settings into this
+    experiment's statistics (a re-run into the same ``--out`` with, e.g., another ``--steps``), naming the first keys
+    that differ. The sample store's hash counts for arms outside :data:`SAMPLE_FREE_ARMS` only."""
     recorded = record.get("settings")
     if recorded is None:
         raise InputError(f"{path}: this run records no settings (an older version made it); use another --out")
     # through JSON, as they were stored: tuples become lists
-    differ = [k for k, v in json.loads(json.dumps(settings)).items() if recorded.get(k, "(absent)") != v]
+    differ = [k for k, v in json.loads(json.dumps(settings)).items() if recorded.get(k, "(absent)") != v
+              and not (k == "samples_sha256" and arm in SAMPLE_FREE_ARMS)]  # fmt: skip
     if differ:
         shown = ", ".join(f"{k} {recorded.get(k, '(absent)')!r} there, {settings[k]!r} now" for k in differ[:3])
         raise InputError(f"{path}: this finished run was made under other settings ({shown}); use another --out, "

@@ -109,6 +109,9 @@ def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = Non
                      f"standard deviations on average ({channels})")  # fmt: skip
         if info.get("target_mass_ratio") is not None:
             line += f"; its synthetic targets carry {info['target_mass_ratio']:.2f} × their real day's land total"
+            if info.get("preserve_mass") not in (None, "none") and info.get("drawn_mass_ratio") is not None:
+                line += (f" (drawn {info['drawn_mass_ratio']:.2f} ×, rescaled with preserve_mass "
+                         f"{info['preserve_mass']})")  # fmt: skip
         lines.append(line)
     for arm, why in report["skipped"].items():
         lines.append(f"- `{arm}`: not run — {why}")
