@@ -173,6 +173,7 @@ def summarize(verdicts: list[dict]) -> dict:
     if mean_ratio is not None and abs(mean_ratio - 1.0) > MASS_BIAS_WARNING:
         bias = (f"the accepted samples carry {mean_ratio:.2f} x their real day's land total on average: "
                 f"{'wetter' if mean_ratio > 1 else 'drier'} than the days they stand for (augmenting with them teaches "
-                "that bias)")  # fmt: skip
+                "that bias; `sample --preserve-mass domain`, or `cells` on data prepared with --coarsen, "
+                "rescales them)")  # fmt: skip
     return {"samples": len(verdicts), "accepted": accepted, "rejected": len(verdicts) - accepted, "reasons": reasons,
             "accepted_mass_ratio": mean_ratio, "mass_bias": bias}  # fmt: skip
