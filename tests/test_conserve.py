@@ -134,3 +134,13 @@ def test_cells_pairs_a_sample_with_the_real_day_s_coarse_input(tmp_path):
         scaled, _ = conserve(drawn, real, data.valid_mask, data.land_mask, "cells", 2)
         np.testing.assert_allclose(examples.derive_inputs(scaled[0]), data.inputs(day), atol=1e-4)
         assert np.abs(examples.derive_inputs(drawn[0]) - data.inputs(day)).max() > 0.1  # as drawn: not a pair
+
+
+def test_a_bad_mode_is_named_before_anything_is_drawn(trained, tmp_path):
+    from precip_cvae.config import load_config
+
+    with pytest.raises(InputError, match="sampling.preserve_mass"):
+        load_config(None, ["sampling.preserve_mass=cell"])
+    with pytest.raises(InputError, match="--preserve-mass.*'cell'"):
+        run_sample(trained, SampleOptions(preserve_mass="cell"), PERMISSIVE, out_dir=tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()

@@ -32,8 +32,6 @@ from precip_cvae.quality import mass_ratio
 if TYPE_CHECKING:
     from precip_cvae.data.dataset import PreparedData
 
-MODES = PRESERVE_MASS
-
 
 def cell_factor(data: PreparedData) -> int:
     """The block size of the coarsening that `prepare --coarsen` recorded for this dataset's predictors, which
@@ -75,7 +73,7 @@ def conserve(
     real_mm : (H, W) the real day in mm/day, NaN where it has no data
     valid, land : (H, W) bool: the pixels a sample has, and the land among them (``domain`` sums over land, as the
         gate's mass ratio does; ``cells`` over every valid pixel, as the coarsening averaged them)
-    mode : one of :data:`MODES`
+    mode : one of :data:`~precip_cvae.config.PRESERVE_MASS`
     factor : the block size of ``cells`` (:func:`cell_factor`)
 
     Returns
@@ -83,8 +81,8 @@ def conserve(
     The rescaled samples (float32, NaN where they were NaN) and, per sample, ``drawn_mass_ratio`` (the land-total
     ratio before rescaling) and ``unscaled_cells`` (``cells``: wet real cells the dry sample could not match).
     """
-    if mode not in MODES:
-        raise InputError(f"sampling.preserve_mass: must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in PRESERVE_MASS:
+        raise InputError(f"sampling.preserve_mass: must be one of {', '.join(PRESERVE_MASS)}, got {mode!r}")
     samples = np.asarray(samples_mm, np.float64)
     has_data = np.isfinite(real_mm)
     over_land = land & has_data

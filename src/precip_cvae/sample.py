@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from precip_cvae import __version__, conserve, distributed
-from precip_cvae.config import Config
+from precip_cvae.config import PRESERVE_MASS, Config
 from precip_cvae.data.dataset import PreparedData
 from precip_cvae.data.sample_store import SampleWriter
 from precip_cvae.errors import InputError
@@ -103,8 +103,8 @@ def run_sample(
         raise InputError(f"--K: must be >= 1, got {options.K}")
     if options.temperature < 0:
         raise InputError(f"--temperature: must be >= 0, got {options.temperature}")
-    if options.preserve_mass not in conserve.MODES:
-        raise InputError(f"--preserve-mass: must be one of {', '.join(conserve.MODES)}, got {options.preserve_mass!r}")
+    if options.preserve_mass not in PRESERVE_MASS:
+        raise InputError(f"--preserve-mass: must be one of {', '.join(PRESERVE_MASS)}, got {options.preserve_mass!r}")
     data = PreparedData(config.data.data_root)
     block = conserve.cell_factor(data) if options.preserve_mass == "cells" else None
     requested = select_device(config.train.device)
