@@ -160,7 +160,8 @@ def mean_mass_ratio(records: list[dict], key: str = "mass_ratio") -> float | Non
 
 def summarize(verdicts: list[dict]) -> dict:
     """Counts: accepted, rejected, and rejections per reason (a sample may have several); and the mean mass ratio of
-    the accepted samples (land total ÷ the real day's), which no per-sample bound catches when every sample is, say,
+    the accepted samples (land total ÷ the real day's; ``drawn_mass_ratio`` the same before `sample` rescaled them,
+    None where the verdicts do not record it), which no per-sample bound catches when every sample is, say,
     10 % too wet: augmentation would teach a downstream model that bias. ``mass_bias`` is a sentence saying so when
     the mean is further than :data:`MASS_BIAS_WARNING` from 1, else None."""
     reasons: dict[str, int] = {}
@@ -176,4 +177,5 @@ def summarize(verdicts: list[dict]) -> dict:
                 "that bias; `sample --preserve-mass domain`, or `cells` on data prepared with --coarsen, "
                 "rescales them)")  # fmt: skip
     return {"samples": len(verdicts), "accepted": accepted, "rejected": len(verdicts) - accepted, "reasons": reasons,
-            "accepted_mass_ratio": mean_ratio, "mass_bias": bias}  # fmt: skip
+            "accepted_mass_ratio": mean_ratio, "drawn_mass_ratio": mean_mass_ratio(verdicts, "drawn_mass_ratio"),
+            "mass_bias": bias}  # fmt: skip

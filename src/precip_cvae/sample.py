@@ -184,8 +184,6 @@ def run_sample(
             summary = summarize(records)
             summary["days"] = len(ids)
             summary["preserve_mass"] = options.preserve_mass
-            drawn = [r["drawn_mass_ratio"] for r in records if np.isfinite(r["drawn_mass_ratio"])]
-            summary["drawn_mass_ratio"] = float(np.mean(drawn)) if drawn else None
             summary["mean_pairwise_spread_mm_per_day"] = float(np.mean(spreads)) if spreads else None
             if summary["mass_bias"]:
                 logger.warning(summary["mass_bias"])
