@@ -1,6 +1,6 @@
 """Where the time goes, as ratios to references measured in the same run on the same machine.
 
-    python benchmarks/run.py [--quick] [--device cpu|cuda] [--threads 2] [--json benchmark.json]
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--threads 2] [--compile MODE] [--json benchmark.json]
 
 Rows (absolute numbers for information, the ratio is the figure to compare across machines):
 
@@ -11,6 +11,9 @@ Rows (absolute numbers for information, the ratio is the figure to compare acros
   are counted over the whole step by ``torch.utils.flop_counter`` (matrix products and convolutions, backward
   included); the ratio is the achieved FLOP rate ÷ the matmul rate in the same precision (bf16 with train.amp on a
   GPU). A ratio above 1 is a measuring error and stops the run.
+- ``train.compile``: the training step at the reference geometry, batch 6, with ``train.compile`` (``--compile``,
+  "default"; "none" skips the row) ÷ the same step eagerly, and its achieved FLOP rate ÷ the matmul rate (FLOPs
+  counted eagerly). The compile time is printed in the row's name.
 - ``sample``: drawing K = 16 prior samples per day, the same ratio.
 - ``loader``: the training DataLoader over a small prepared benchmark: samples/s ÷ what the training step consumes
   (above 1: the step never waits for data), and ÷ a contiguous memory-mapped read of the same bytes (at most 1: the
@@ -107,7 +110,10 @@ def model_and_batch(config, geometry, batch_size: int, device: torch.device):
 
 def train_step_rate(config, geometry, batch_size: int, device: torch.device, amp: bool, repeats: int) -> dict:
     """Samples/s and measured FLOPs per sample (forward + backward) of a generator's training step (``config``: its
-    model and loss) at ``geometry`` (channels, lr_shape, hr_shape)."""
+    model, loss and ``train.compile``, which the trainer's step takes: channels-last weights, the forward pass through
+    :class:`~precip_cvae.compiled.CompiledForward` and the loss compiled) at ``geometry`` (channels, lr_shape,
+    hr_shape). FLOPs are counted on the first step, which runs eagerly; a compiled step is timed after it compiled."""
+    from precip_cvae.compiled import CompiledForward
     from precip_cvae.loop import Precision, train_step
     from precip_cvae.losses import cvae_loss
     from precip_cvae.train import cvae_forward
@@ -117,19 +123,34 @@ def train_step_rate(config, geometry, batch_size: int, device: torch.device, amp
     precision = Precision.for_device(device, amp)
     zeros = torch.zeros(geometry[2], device=device)
     n_prior = config.loss.crps_members if config.loss.crps_weight > 0 else 0
+    noise = torch.Generator(device=device).manual_seed(0)
 
-    def loss_fn(out, b):
-        return cvae_loss(out, b["target"], b["mask"], b["land"], zeros, identity, 2.0, config.loss, 0.5)
+    def loss(out, b, beta):
+        return cvae_loss(out, b["target"], b["mask"], b["land"], zeros, identity, 2.0, config.loss, beta)
+
+    def forward(m, b, g):
+        return cvae_forward(m, b, g, n_prior)
+
+    mode = config.train.compile
+    if mode != "none":
+        model.to(memory_format=torch.channels_last)
+        forward, loss = CompiledForward(forward, mode), torch.compile(loss, mode=mode)
 
     def step():
-        train_step(model, batch, optimizer, loss_fn, forward=lambda m, b, g: cvae_forward(m, b, g, n_prior),
-                   grad_clip=1.0, scaler=precision.scaler, autocast_dtype=precision.dtype)  # fmt: skip
+        train_step(model, batch, optimizer, lambda out, b: loss(out, b, 0.5), forward=forward, grad_clip=1.0,
+                   scaler=precision.scaler, autocast_dtype=precision.dtype, generator=noise)  # fmt: skip
 
     with FlopCounterMode(display=False) as counter:
         step()
+    if mode != "none":
+        started = time.perf_counter()
+        step()  # compiles
+        _sync(device)
+        compile_seconds = time.perf_counter() - started
     seconds = _timed(step, device, repeats)
     return {"flops_per_sample": counter.get_total_flops() / batch_size, "samples_per_s": batch_size / seconds,
-            "batch_size": batch_size, "precision": str(precision.dtype or torch.float32)}  # fmt: skip
+            "batch_size": batch_size, "precision": str(precision.dtype or torch.float32),
+            "compile_seconds": compile_seconds if mode != "none" else 0.0}  # fmt: skip
 
 
 @torch.no_grad()
@@ -295,6 +316,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where the results go")
     parser.add_argument("--batch", default="6", help="train.batch_size of the projected epoch: a number or auto (6)")
+    parser.add_argument("--compile", default="default",
+                        help="train.compile mode measured against eager at batch 6 (default; none: skip)")  # fmt: skip
     parser.add_argument("--epoch-days", type=int, default=None,
                         help="days of the projected epoch's benchmark (240; 120 with --quick)")  # fmt: skip
     args = parser.parse_args()
@@ -349,6 +372,16 @@ def main() -> None:
         row(f"sample, {label}: achieved FLOP/s", s["flops_per_sample"] * s["samples_per_s"], "FLOP/s",
             reference_rate, which, True)  # fmt: skip
 
+    if args.compile != "none":  # train.compile against eager at the reference's batch
+        batch = 6
+        eager = train_step_rate(load_config(None, []), REFERENCE_GEOMETRY, batch, device, amp, repeats)
+        compiled = train_step_rate(load_config(None, [f"train.compile={args.compile}"]), REFERENCE_GEOMETRY, batch,
+                                   device, amp, repeats)  # fmt: skip
+        label = f"train, reference geometry, batch {batch}, train.compile={args.compile}"
+        row(f"{label} (compiled in {compiled['compile_seconds']:.0f} s): samples/s", compiled["samples_per_s"],
+            "samples/s", eager["samples_per_s"], "the same step eagerly (> 1: compiling helps)", False)  # fmt: skip
+        row(f"{label}: achieved FLOP/s", eager["flops_per_sample"] * compiled["samples_per_s"], "FLOP/s",
+            reference_rate, which, True)  # fmt: skip
     if amp:  # bf16 autocast against fp32 (TF32 matmuls) at several batch sizes
         for batch in (6, 32, 128):
             fast = train_step_rate(load_config(None, []), REFERENCE_GEOMETRY, batch, device, True, repeats)

@@ -128,6 +128,7 @@ class TrainConfig:
     max_batches_per_epoch: int = 0
     val_samples: int = 2
     tensorboard: bool = False
+    compile: str = "none"
 
 
 #: The columns of ``train_log.csv``; ``train.select_metric`` must be one of them (a ``val_`` one, normally).
@@ -146,6 +147,10 @@ TEXT_LOG_COLUMNS = ("epoch", "alarms", "train_L_kl_scales", "val_L_kl_scales", "
 HIGHER_IS_BETTER = ("val_active_units", "val_sample_spread_mm")
 
 
+#: ``train.compile``: off, or the ``torch.compile`` mode of the training step (:mod:`precip_cvae.compiled`): "default"
+#: fuses kernels, "reduce-overhead" also replays CUDA graphs (against launch-bound small batches on a GPU),
+#: "max-autotune" also times kernel variants.
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 #: ``sampling.preserve_mass``: samples as drawn, or rescaled to the real day's land total or coarse-cell totals
 #: (:mod:`precip_cvae.conserve`).
 PRESERVE_MASS = ("none", "domain", "cells")
@@ -332,6 +337,7 @@ _CHOICES = {
     "model.output": ("linear", "censored"),
     "train.schedule": ("constant", "cosine"),
     "train.lr_scaling": ("none", "sqrt", "linear"),
+    "train.compile": COMPILE_MODES,
     "train.select_metric": tuple(c for c in TRAIN_LOG_COLUMNS if c not in TEXT_LOG_COLUMNS),
     "sampling.mode": ("posterior", "prior"),
     "sampling.preserve_mass": PRESERVE_MASS,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import functools
 import io
 import logging
 import time
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler, d
 
 from precip_cvae import batching, distributed, loop
 from precip_cvae.checkpoint import check_against, load_checkpoint, save_checkpoint, training_state
+from precip_cvae.compiled import CompiledForward
 from precip_cvae.config import HIGHER_IS_BETTER, TRAIN_LOG_COLUMNS, Config, dump_config
 from precip_cvae.data.dataset import DayDataset, PreparedData
 from precip_cvae.errors import InputError
@@ -102,6 +104,15 @@ class Trainer:
         self.noise = torch.Generator(device=self.device).manual_seed(t.seed + 1)
         # what the training steps draw from: under torchrun, this rank's rows of the global batch's noise
         self.step_noise = distributed.RankNoise(self.noise, self.ctx) if self.ctx.active else self.noise
+        # the training steps' forward pass and loss: compiled with train.compile (precip_cvae.compiled)
+        self.step_forward: loop.Forward = self.forward
+        self.step_loss = self._loss
+        if t.compile != "none":
+            if self.ctx.active:
+                raise InputError("config key train.compile: not supported under torchrun yet; set train.compile=none")
+            self.model.to(memory_format=torch.channels_last)  # what the compiled convolutions run fastest on
+            self.step_forward = CompiledForward(functools.partial(cvae_forward, n_prior=self.n_prior), t.compile)
+            self.step_loss = torch.compile(self._loss, mode=t.compile)
 
     def _resolve_batch(self, resume: bool) -> Config:
         """The config with ``train.batch_size=auto`` and ``train.lr_scaling`` resolved (:mod:`precip_cvae.batching`):
@@ -173,15 +184,14 @@ class Trainer:
         """The loss of a (model output, batch) pair with KL weight ``beta``; a training step's masked means divide
         by the count over all ranks of a torchrun (validation scores each batch on its own)."""
         count = self.ctx.share_of_count if training and self.ctx.active else None
+        terms = self.step_loss if training else self._loss
+        return lambda out, batch: terms(out, batch, beta, count)
 
-        def loss(out: dict, batch: dict) -> dict:
-            return cvae_loss(
-                out, batch["target"], batch["mask"], batch["land"], self.threshold_z, self.normalization,
-                self.data.mean_land_mm_per_day, self.weights, beta,
-                count=count,
-            )  # fmt: skip
-
-        return loss
+    def _loss(self, out: dict, batch: dict, beta: float, count: Callable | None) -> dict:
+        return cvae_loss(
+            out, batch["target"], batch["mask"], batch["land"], self.threshold_z, self.normalization,
+            self.data.mean_land_mm_per_day, self.weights, beta, count=count,
+        )  # fmt: skip
 
     def to_device(self, batch: dict) -> dict:
         out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -220,7 +230,7 @@ class Trainer:
 
         self.wrap()
         stats = loop.run_steps(
-            self.trained, loader, self.optimizer, lambda i: self.loss_fn(beta_at(i)), forward=self.forward,
+            self.trained, loader, self.optimizer, lambda i: self.loss_fn(beta_at(i)), forward=self.step_forward,
             to_device=self.to_device, n_steps=n_batches, precision=self.precision, accumulate=t.accumulate,
             grad_clip=t.grad_clip, max_bad_steps=t.max_bad_steps, generator=self.step_noise,
             desc=f"epoch {epoch + 1}/{t.epochs}", progress=self.progress and self.ctx.main,

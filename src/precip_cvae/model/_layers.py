@@ -145,12 +145,19 @@ def _gaussian_noise(shape: tuple[int, ...], like: torch.Tensor, generator: torch
     for a model on any device. ``generator`` may also be a :class:`precip_cvae.distributed.RankNoise` (anything with
     a ``randn(shape)``): one rank's rows of the noise of a global batch.
     """
-    if hasattr(generator, "randn"):
-        eps = generator.randn(shape)
-    else:
-        device = generator.device if generator is not None else like.device
-        eps = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
-    return eps.to(device=like.device, dtype=like.dtype)
+    source = generator if generator is not None else like.device
+    return draw_noise(shape, source).to(device=like.device, dtype=like.dtype)
+
+
+def draw_noise(shape: tuple[int, ...], source) -> torch.Tensor:
+    """Standard normal float32 noise of ``shape`` from ``source``: a :class:`torch.Generator` (on its device), anything
+    with a ``randn(shape)`` (:class:`precip_cvae.distributed.RankNoise`, :mod:`precip_cvae.compiled`'s noise sources),
+    or a device (the global generator there)."""
+    if hasattr(source, "randn"):
+        return source.randn(shape)
+    if isinstance(source, torch.Generator):
+        return torch.randn(shape, generator=source, device=source.device, dtype=torch.float32)
+    return torch.randn(shape, device=source, dtype=torch.float32)
 
 
 def _pad_to(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
