@@ -11,7 +11,8 @@
 # and experiments to WORK/synthetic and WORK/fraser (WORK: OUT). Environment: SHARED (../shared/data beside the
 # checkout), JOBS_SYNTHETIC (8), JOBS_FRASER (4), RECIPE_EXTRA (experiment overrides added to both, e.g.
 # "experiment.channels_last=true"), DEVICE (cuda), STAGES (tests bench speed experiments: any of them, in this order),
-# BENCH_ARGS (run.py's projection: "--batch auto --epoch-days 1000").
+# BENCH_ARGS (run.py's projection and compile mode: "--batch auto --epoch-days 1000 --compile reduce-overhead
+# --projection-compile reduce-overhead").
 set -uo pipefail
 out=${1:?output directory}
 seconds=${2:-540}
@@ -31,7 +32,8 @@ case " $stages " in *" tests "*)
   echo "[$(($(date +%s) - start)) s] CUDA tests: $(tail -1 "$out/cuda_tests.txt")" ;;
 esac
 case " $stages " in *" bench "*)
-  timeout "$(left)" python3 benchmarks/run.py --quick --device "$device" ${BENCH_ARGS:---batch auto --epoch-days 1000} \
+  bench_args=${BENCH_ARGS:---batch auto --epoch-days 1000 --compile reduce-overhead --projection-compile reduce-overhead}
+  timeout "$(left)" python3 benchmarks/run.py --quick --device "$device" $bench_args \
     --json "$out/benchmark_cuda.json" > "$out/benchmark_cuda.txt" 2>&1
   echo "[$(($(date +%s) - start)) s] benchmarks/run.py: $(tail -1 "$out/benchmark_cuda.txt")" ;;
 esac

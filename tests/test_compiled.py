@@ -36,20 +36,25 @@ def test_the_recorder_and_the_tape_hand_out_the_generators_stream():
     assert tape.used == 3 and torch.equal(ahead.get_state(), eager.get_state())
 
 
+def four_steps(prepared: Path, out: Path, *extra: str) -> tuple[Trainer, list[float]]:
+    """A trainer of the default generator (tiny size) with ``extra`` overrides after four training steps on one
+    batch, and the steps' losses."""
+    trainer = Trainer(_config(prepared, out, *extra), progress=False)
+    batch = trainer.to_device(next(iter(trainer.train_loader(0))))
+    losses = []
+    for _ in range(4):
+        terms = loop.train_step(trainer.model, batch, trainer.optimizer, trainer.loss_fn(0.3),
+                                forward=trainer.step_forward, generator=trainer.noise,
+                                autocast_dtype=trainer.precision.dtype)  # fmt: skip
+        losses.append(terms["total"])
+    return trainer, losses
+
+
 def test_compiled_steps_match_eager_steps_and_leave_the_same_generator_state(prepared, tmp_path):
-    """Four training steps of the default generator (tiny size): the first eager (noting the draws), the next three
-    compiled; the weights agree with four eager steps to float rounding, the noise generator's state exactly."""
-    runs = {}
-    for mode in ("none", "default"):
-        trainer = Trainer(_config(prepared, tmp_path / mode, f"train.compile={mode}"), progress=False)
-        batch = trainer.to_device(next(iter(trainer.train_loader(0))))
-        losses = []
-        for _ in range(4):
-            terms = loop.train_step(trainer.model, batch, trainer.optimizer, trainer.loss_fn(0.3),
-                                    forward=trainer.step_forward, generator=trainer.noise)  # fmt: skip
-            losses.append(terms["total"])
-        runs[mode] = trainer, losses
-    (eager, eager_losses), (compiled, compiled_losses) = runs["none"], runs["default"]
+    """Four training steps: the first eager (noting the draws), the next three compiled; the weights agree with four
+    eager steps to float rounding, the noise generator's state exactly."""
+    eager, eager_losses = four_steps(prepared, tmp_path / "eager")
+    compiled, compiled_losses = four_steps(prepared, tmp_path / "compiled", "train.compile=default")
     assert isinstance(compiled.step_forward, CompiledForward) and len(compiled.step_forward.shapes) == 1
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     assert eager_losses[-1] != pytest.approx(eager_losses[0], rel=1e-3)  # the steps moved the weights
