@@ -84,3 +84,11 @@ def test_a_bad_compile_mode_names_the_key(prepared, tmp_path):
         _config(prepared, tmp_path, "train.compile=fast")
     with pytest.raises(InputError, match="train.compile"):
         CompiledForward(lambda m, b, g: None, "none")
+
+
+def test_compiling_under_torchrun_is_refused_with_one_line(prepared, tmp_path, monkeypatch):
+    from precip_cvae import distributed
+
+    monkeypatch.setattr(distributed, "context", lambda device: distributed.Context(rank=0, world=2))
+    with pytest.raises(InputError, match="train.compile: not supported under torchrun"):
+        Trainer(_config(prepared, tmp_path, "train.compile=default"), progress=False)

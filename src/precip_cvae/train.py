@@ -71,6 +71,8 @@ class Trainer:
         self.data = PreparedData(config.data.data_root)
         requested = select_device(config.train.device)
         self.ctx = distributed.context(requested)  # one process, or a rank of a torchrun
+        if self.ctx.active and config.train.compile != "none":
+            raise InputError("config key train.compile: not supported under torchrun yet; set train.compile=none")
         self.device = distributed.rank_device(requested, self.ctx)
         self.out_dir = Path(config.data.outputs_root)
         self.ckpt_dir = self.out_dir / CHECKPOINT_DIR
@@ -108,8 +110,6 @@ class Trainer:
         self.step_forward: loop.Forward = self.forward
         self.step_loss = self._loss
         if t.compile != "none":
-            if self.ctx.active:
-                raise InputError("config key train.compile: not supported under torchrun yet; set train.compile=none")
             self.model.to(memory_format=torch.channels_last)  # what the compiled convolutions run fastest on
             self.step_forward = CompiledForward(functools.partial(cvae_forward, n_prior=self.n_prior), t.compile)
             self.step_loss = torch.compile(self._loss, mode=t.compile)
