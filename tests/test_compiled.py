@@ -34,6 +34,8 @@ def test_the_recorder_and_the_tape_hand_out_the_generators_stream():
     tape = NoiseTape.ahead(ahead, recorder.shapes)
     assert all(torch.equal(_gaussian_noise(s, like, tape), e) for s, e in zip(recorder.shapes, expected, strict=True))
     assert tape.used == 3 and torch.equal(ahead.get_state(), eager.get_state())
+    with pytest.raises(RuntimeError, match=r"asks for \(3, 2\)"):
+        NoiseTape.ahead(ahead, [(2, 3)]).randn((3, 2))
 
 
 def four_steps(prepared: Path, out: Path, *extra: str) -> tuple[Trainer, list[float]]:

@@ -10,12 +10,11 @@ outputs agree with eager mode to float rounding (the compiled kernels sum in ano
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from precip_cvae.config import COMPILE_MODES
 from precip_cvae.errors import InputError
+from precip_cvae.loop import Forward
 from precip_cvae.model._layers import draw_noise
 
 
@@ -32,8 +31,8 @@ class NoiseRecorder:
 
 
 class NoiseTape:
-    """Noise drawn ahead, handed out in the order it was drawn (``randn`` ignores its argument's values but checks
-    that the shape is the one drawn)."""
+    """Noise drawn ahead, handed out in the order it was drawn (``randn`` checks that the shape asked for is the one
+    drawn)."""
 
     def __init__(self, draws: list[torch.Tensor]):
         self.draws = draws
@@ -41,6 +40,8 @@ class NoiseTape:
 
     def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
         eps = self.draws[self.used]
+        if tuple(eps.shape) != tuple(shape):
+            raise RuntimeError(f"noise draw {self.used}: the pass asks for {tuple(shape)}, not {tuple(eps.shape)}")
         self.used += 1
         return eps
 
@@ -49,17 +50,13 @@ class NoiseTape:
         return cls([draw_noise(shape, source) for shape in shapes])
 
 
-#: (model, batch, noise source) -> output, as :data:`precip_cvae.loop.Forward`
-Forward = Callable[[torch.nn.Module, dict, object], object]
-
-
 class CompiledForward:
     """``forward`` compiled with ``torch.compile(mode=mode)``, drawing its noise from the generator it is given exactly
     as ``forward`` would (see the module's text). A call without a generator runs ``forward`` eagerly."""
 
     def __init__(self, forward: Forward, mode: str):
         if mode not in COMPILE_MODES[1:]:
-            raise InputError(f"config key train.compile: {mode!r} is not one of {', '.join(COMPILE_MODES)}")
+            raise InputError(f"config key train.compile: {mode!r} is not one of {', '.join(COMPILE_MODES[1:])} here")
         self.forward = forward
         self.compiled = torch.compile(forward, mode=mode)
         self.shapes: dict[tuple, list[tuple[int, ...]]] = {}  # batch shapes -> the noise shapes one pass draws
