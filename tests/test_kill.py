@@ -99,12 +99,14 @@ def _writing_phase_s(stage: Stage, root: Path) -> float:
 
 
 def _kill_while_writing(stage: Stage, root: Path, delay_s: float) -> float | None:
-    """Start the stage, wait until it writes, kill it ``delay_s`` later. Returns None if it was killed (it had not
-    exited by then), else the seconds from its first write to its exit."""
-    process, _, started = _start_writing(stage, root, subprocess.DEVNULL)
+    """Start the stage, wait until it writes, kill it ``delay_s`` later. Returns None if it was killed while writing
+    (it held its lock then), else the seconds from its first write to its exit, or to the kill of a process that had
+    already released its lock (it was exiting: a run faster than the reference)."""
+    process, lock, started = _start_writing(stage, root, subprocess.DEVNULL)
     while time.monotonic() - started < delay_s and process.poll() is None:
         time.sleep(0.001)
-    finished = None if process.poll() is None else time.monotonic() - started
+    writing = process.poll() is None and lock.exists()
+    finished = None if writing else time.monotonic() - started
     process.send_signal(signal.SIGKILL)
     process.wait()
     return finished
