@@ -111,10 +111,10 @@ def model_and_batch(config, geometry, batch_size: int, device: torch.device):
 
 def train_step_rate(config, geometry, batch_size: int, device: torch.device, amp: bool, repeats: int) -> dict:
     """Samples/s and measured FLOPs per sample (forward + backward) of a generator's training step (``config``: its
-    model, loss and ``train.compile``, which the trainer's step takes: channels-last weights, the forward pass through
-    :class:`~precip_cvae.compiled.CompiledForward` and the loss compiled) at ``geometry`` (channels, lr_shape,
-    hr_shape). FLOPs are counted on the first step, which runs eagerly; a compiled step is timed after it compiled."""
-    from precip_cvae.compiled import CompiledForward
+    model, loss and ``train.compile``, applied as the trainer applies it: :func:`~precip_cvae.compiled.compile_step`)
+    at ``geometry`` (channels, lr_shape, hr_shape). FLOPs are counted on the first step, which runs eagerly; a
+    compiled step is timed after it compiled."""
+    from precip_cvae.compiled import compile_step
     from precip_cvae.loop import Precision, train_step
     from precip_cvae.losses import cvae_loss
     from precip_cvae.train import cvae_forward
@@ -134,8 +134,7 @@ def train_step_rate(config, geometry, batch_size: int, device: torch.device, amp
 
     mode = config.train.compile
     if mode != "none":
-        model.to(memory_format=torch.channels_last)
-        forward, loss = CompiledForward(forward, mode), torch.compile(loss, mode=mode)
+        forward, loss = compile_step(model, forward, loss, mode)
 
     def step():
         train_step(model, batch, optimizer, lambda out, b: loss(out, b, 0.5), forward=forward, grad_clip=1.0,

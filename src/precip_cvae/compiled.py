@@ -10,6 +10,8 @@ outputs agree with eager mode to float rounding (the compiled kernels sum in ano
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from precip_cvae.config import COMPILE_MODES
@@ -76,3 +78,13 @@ class CompiledForward:
         if tape.used != len(shapes):
             raise RuntimeError(f"the compiled pass drew {tape.used} noise tensors, the eager one {len(shapes)}")
         return out
+
+
+def compile_step(
+    model: torch.nn.Module, forward: Forward, loss: Callable, mode: str
+) -> tuple[CompiledForward, Callable]:
+    """What ``train.compile`` does to a training step, for the trainer and the benchmarks alike: ``model``'s weights
+    to channels-last (what the compiled convolutions run fastest on), ``forward`` through :class:`CompiledForward`
+    and ``loss`` through ``torch.compile``, both in ``mode``; returns the two."""
+    model.to(memory_format=torch.channels_last)
+    return CompiledForward(forward, mode), torch.compile(loss, mode=mode)

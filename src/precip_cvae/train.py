@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler, d
 
 from precip_cvae import batching, distributed, loop
 from precip_cvae.checkpoint import check_against, load_checkpoint, save_checkpoint, training_state
-from precip_cvae.compiled import CompiledForward
+from precip_cvae.compiled import compile_step
 from precip_cvae.config import HIGHER_IS_BETTER, TRAIN_LOG_COLUMNS, Config, dump_config
 from precip_cvae.data.dataset import DayDataset, PreparedData
 from precip_cvae.errors import InputError
@@ -110,9 +110,8 @@ class Trainer:
         self.step_forward: loop.Forward = self.forward
         self.step_loss = self._loss
         if t.compile != "none":
-            self.model.to(memory_format=torch.channels_last)  # what the compiled convolutions run fastest on
-            self.step_forward = CompiledForward(functools.partial(cvae_forward, n_prior=self.n_prior), t.compile)
-            self.step_loss = torch.compile(self._loss, mode=t.compile)
+            forward = functools.partial(cvae_forward, n_prior=self.n_prior)
+            self.step_forward, self.step_loss = compile_step(self.model, forward, self._loss, t.compile)
 
     def _resolve_batch(self, resume: bool) -> Config:
         """The config with ``train.batch_size=auto`` and ``train.lr_scaling`` resolved (:mod:`precip_cvae.batching`):
