@@ -143,6 +143,9 @@ def test_every_arm_runs_in_a_subprocess(trained, tmp_path):
     assert text.startswith("# Downstream experiment") and "Best for extremes" in text
     assert "its synthetic inputs differ from their real day's by 0.00 channel standard deviations" in text
     assert "blew up" in text and isinstance(report["blowups"], list)
+    beyond = report["beyond_training_range"]
+    assert beyond["split_days"] == report["test_days"] and set(beyond["median_day_mae"]) == set(report["arms"])
+    assert ("Test days beyond the training record" if beyond["count"] else "within the range of the") in text
     assert (out / "qq_per_arm.png").is_file() and (out / "bars_MAE_tail_all.png").is_file()
     assert (out / "map_per_arm.png").is_file() and "weights (decay 0.9)" in text and "MDE (80 % power)" in text
     assert json.loads((out / "runs" / "augment_seed0.json").read_text())["selection"]["best_step"] in (3, 6)
@@ -514,3 +517,52 @@ def test_compute_cost_by_hand():
     cost = compute_cost({"baseline": [run(60, cpu=100.0), run(120)], "augment": [run(90, cpu=50.0)]})
     assert cost["timed"] == 3 and cost["cpu_timed"] == 2
     assert cost["cpu_seconds_total"] == 150.0 and cost["cpu_seconds_mean"] == 75.0
+
+
+def test_test_days_beyond_the_training_range_are_found_and_costed(prepared, tmp_path):
+    """One test day pushed 2.5 channel standard deviations above every training day's largest value of its channel:
+    found with that excess, its channel, value and bound; its MAE (mean over seeds of num/den) and its share of the
+    heavy-day MAE above P95 (its tail sum over all heavy days' tail counts) by hand; and the report's paragraph."""
+    import shutil
+
+    from precip_cvae.downstream.experiment import beyond_training_range
+    from precip_cvae.downstream.report import _beyond_text
+
+    root = tmp_path / "data"
+    shutil.copytree(prepared, root)
+    data = PreparedData(root)
+    train_max = max(float(data.inputs(d)[2].max()) for d in data.ids("train"))
+    test = data.ids("test")
+    before = beyond_training_range(data, {})
+    target = test[1]
+    x = data.inputs(target).copy()
+    x[2, 1, 1] = train_max + 2.5
+    np.save(root / "X_lr" / f"day_{target:06d}.npy", x)
+    heavy = [d == target or i % 3 == 0 for i, d in enumerate(test)]
+    rng = np.random.default_rng(0)
+
+    def run():
+        daily = {"day": list(test), "heavy": heavy}
+        for m in ("MAE_all", "MAE_tail"):
+            daily[m] = {"num": rng.uniform(1, 9, len(test)).tolist(), "den": rng.integers(1, 5, len(test)).tolist()}
+        return {"daily": daily}
+
+    results = {"baseline": [run(), run()], "augment": [run()]}
+    found = beyond_training_range(data, results)
+    assert found["count"] == before["count"] + (target not in [f["day"] for f in before["days"]])
+    far = found["days"][0]
+    assert far["day"] == target and far["channel"] == data.variables[2]["name"]
+    assert far["excess_sd"] == pytest.approx(2.5, abs=1e-5) and far["value_sd"] == pytest.approx(train_max + 2.5)
+    assert far["training_bound_sd"] == pytest.approx(train_max) and found["beyond_1sd"] >= 1
+    i = test.index(target)
+    expect = np.mean([r["daily"]["MAE_all"]["num"][i] / r["daily"]["MAE_all"]["den"][i] for r in results["baseline"]])
+    assert far["mae"]["baseline"] == pytest.approx(expect, rel=1e-12)
+    only = results["augment"][0]["daily"]["MAE_tail"]
+    share = only["num"][i] / sum(d for d, h in zip(only["den"], heavy, strict=True) if h)
+    assert far["heavy_mae_tail_share"]["augment"] == pytest.approx(share, rel=1e-12)
+    text = _beyond_text(found)
+    assert f"{found['count']} of {len(test)} test days" in text
+    assert f"{far['channel']} at {train_max + 2.5:.1f} standard deviations where the training days reach" in text
+    assert f"baseline {expect:.1f}" in text and f"augment {share:.2f} mm/day" in text
+    inside = {**found, "count": 0}
+    assert _beyond_text(inside).startswith(f"Every one of the {len(test)} test days has its predictors within")

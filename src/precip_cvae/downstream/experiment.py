@@ -570,6 +570,66 @@ def blowups(results: dict[str, list[dict]]) -> list[dict]:
     return out
 
 
+def beyond_training_range(data: PreparedData, results: dict[str, list[dict]], split: str = "test",
+                          top: int = 10) -> dict:  # fmt: skip
+    """The days of ``split`` whose predictors leave the range the training days span, and what they cost each arm.
+
+    A day's excess is the largest distance, over channels and pixels, of a predictor beyond the smallest or largest
+    value of that channel on any training day, in the channel's standard deviations (the inputs are standardized).
+    A network trained on the record extrapolates on such a day; the downstream SRDRN predicts log1p(mm/day), so its
+    error there can grow exponentially and one day can carry much of a pooled score. Returned: ``count`` (excess
+    > 0), ``beyond_1sd``, ``heavy``, ``days`` (the ``top`` furthest, each with its channel, value, the training
+    bound, and per arm the mean over seeds of its MAE on that day and of its share of the arm's MAE above P95 on
+    heavy days), ``median_day_mae`` per arm (the median over days of the seed-mean daily MAE).
+    """
+    lo = np.full(data.n_channels, np.inf)
+    hi = np.full(data.n_channels, -np.inf)
+    for day in data.ids("train"):
+        x = data.inputs(day)
+        lo = np.fmin(lo, np.nanmin(x, axis=(1, 2)))
+        hi = np.fmax(hi, np.nanmax(x, axis=(1, 2)))
+    names = [v["name"] for v in data.variables]
+    found = []
+    for day in data.ids(split):
+        x = data.inputs(day)
+        above, below = np.nanmax(x, axis=(1, 2)) - hi, lo - np.nanmin(x, axis=(1, 2))
+        excess = np.fmax(above, below)
+        c = int(np.nanargmax(excess)) if np.isfinite(excess).any() else 0
+        if excess[c] > 0:
+            upper = above[c] >= below[c]
+            found.append({"day": int(day), "date": data.date(day), "heavy": bool(data.is_heavy(day)),
+                          "channel": names[c], "excess_sd": float(excess[c]),
+                          "value_sd": float(np.nanmax(x[c]) if upper else np.nanmin(x[c])),
+                          "training_bound_sd": float(hi[c] if upper else lo[c])})  # fmt: skip
+    found.sort(key=lambda f: -f["excess_sd"])
+    daily_mae, heavy_share, median = {}, {}, {}
+    for arm, runs in results.items():
+        runs = [r for r in runs if "daily" in r]
+        if not runs:
+            continue
+        num = np.array([r["daily"]["MAE_all"]["num"] for r in runs])
+        den = np.array([r["daily"]["MAE_all"]["den"] for r in runs])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_day = np.nanmean(num / den, axis=0)
+        index = {d: i for i, d in enumerate(runs[0]["daily"]["day"])}
+        heavy = np.array(runs[0]["daily"]["heavy"], bool)
+        tail_num = np.array([r["daily"]["MAE_tail"]["num"] for r in runs])
+        tail_den = np.array([r["daily"]["MAE_tail"]["den"] for r in runs])[:, heavy].sum(axis=1)
+        median[arm] = float(np.nanmedian(per_day))
+        for f in found[:top]:
+            i = index.get(f["day"])
+            if i is None:
+                continue
+            daily_mae.setdefault(f["day"], {})[arm] = float(per_day[i])
+            if heavy[i]:
+                heavy_share.setdefault(f["day"], {})[arm] = float(np.mean(tail_num[:, i] / np.maximum(tail_den, 1)))
+    days = [{**f, "mae": daily_mae.get(f["day"], {}), "heavy_mae_tail_share": heavy_share.get(f["day"], {})}
+            for f in found[:top]]  # fmt: skip
+    return {"split_days": len(data.ids(split)), "training_days": len(data.ids("train")), "count": len(found),
+            "beyond_1sd": sum(f["excess_sd"] > 1 for f in found), "heavy": sum(f["heavy"] for f in found),
+            "days": days, "median_day_mae": median}  # fmt: skip
+
+
 #: The baseline "has stopped improving" when its best validation score over the last quarter of the budget is less
 #: than this fraction below its best before it (mean over seeds).
 CONVERGED_GAIN = 0.02
@@ -820,6 +880,7 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
         "blowups": blowups(results),
         "convergence": convergence(results["baseline"]) if "baseline" in results else None,
         "compute": compute_cost(results),
+        "beyond_training_range": beyond_training_range(data, results),
     }
     write_json(out_dir / "experiment.json", report)
     from precip_cvae.downstream.report import write_experiment_report

@@ -57,6 +57,28 @@ def qq_chart(path: Path, qq: dict, which: str = "heavy test days") -> str | None
     return save_figure(fig, path)
 
 
+def _beyond_text(beyond: dict) -> str:
+    """The paragraph on test days whose predictors leave the training days' range."""
+    if not beyond["count"]:
+        return (f"Every one of the {beyond['split_days']} test days has its predictors within the range of the "
+                f"{beyond['training_days']} training days.")  # fmt: skip
+    far = beyond["days"][0]
+    label = f"{far['date']} (day {far['day']}{', heavy' if far['heavy'] else ''})"
+    text = (f"Test days beyond the training record: {beyond['count']} of {beyond['split_days']} test days "
+            f"({beyond['heavy']} heavy) have a predictor outside the range of the {beyond['training_days']} training "
+            f"days, {beyond['beyond_1sd']} by more than one channel standard deviation; there the networks "
+            f"extrapolate. The furthest, {label}: {far['channel']} at {far['value_sd']:.1f} standard deviations where "
+            f"the training days reach {far['training_bound_sd']:.1f}.")  # fmt: skip
+    if far["mae"]:
+        arms = ", ".join(f"{a} {v:.1f}" for a, v in far["mae"].items())
+        median = ", ".join(f"{a} {v:.2f}" for a, v in beyond["median_day_mae"].items())
+        text += f" Each arm's MAE on that day (mean over seeds): {arms} mm/day (on the median test day: {median})."
+    if far["heavy_mae_tail_share"]:
+        share = ", ".join(f"{a} {v:.2f}" for a, v in far["heavy_mae_tail_share"].items())
+        text += f" That day alone adds to each arm's MAE above P95 on heavy days: {share} mm/day."
+    return text
+
+
 def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = None) -> None:
     """experiment.md: the verdict, the settings and arms, the tables, then the figures (bar charts with intervals,
     Q-Q of heavy-day intensities per arm, and ``maps``, when given, of one heavy test day: ``{"day", "date", "obs",
@@ -150,6 +172,9 @@ def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = Non
         lines += ["", f"Runs that blew up on heavy days (P99 off by more than 100 %): {runs}."]
     elif "blowups" in report:
         lines += ["", "No run blew up: every run's P99 on heavy test days is within ±100 % of the observed."]
+    beyond = report.get("beyond_training_range")
+    if beyond:
+        lines += ["", _beyond_text(beyond)]
     for subset in ("heavy", "all"):
         lines += ["", f"## {subset.capitalize()} test days", ""]
         arms = [a for a in summary if summary[a].get(subset)]
