@@ -566,3 +566,50 @@ def test_test_days_beyond_the_training_range_are_found_and_costed(prepared, tmp_
     assert f"baseline {expect:.1f}" in text and f"augment {share:.2f} mm/day" in text
     inside = {**found, "count": 0}
     assert _beyond_text(inside).startswith(f"Every one of the {len(test)} test days has its predictors within")
+
+
+def test_heavy_days_within_the_training_range_are_summarized_apart():
+    """Runs with per-day sums where one heavy day (beyond the training range) carries a huge error for the baseline
+    alone: on all heavy days augment looks better, without that day they are equal. The in-range subset's scores are
+    the ratio of sums over the kept days (by hand), its paired difference counts the kept days, the verdict says
+    it, and excluding only a light day adds no subset."""
+    from precip_cvae.downstream.experiment import summarize
+
+    days = list(range(100, 160))
+    heavy = [i % 2 == 0 for i in range(60)]
+    far = 100  # heavy
+    rng = np.random.default_rng(3)
+
+    def run(blow: float, seed_shift: float) -> dict:
+        tail = rng.uniform(4, 6, 60) + seed_shift
+        den = rng.integers(5, 9, 60).astype(float)
+        num = tail * den
+        num[days.index(far)] += blow * den[days.index(far)]
+        daily = {"day": days, "heavy": heavy, "MAE_tail": {"num": num.tolist(), "den": den.tolist()},
+                 "MAE_all": {"num": (num / 2).tolist(), "den": (den * 2).tolist()}}  # fmt: skip
+        h = np.array(heavy)
+        score = {"MAE_tail": num[h].sum() / den[h].sum(), "MAE_all": (num / 2)[h].sum() / (den * 2)[h].sum()}
+        return {"all": dict(score), "heavy": dict(score), "daily": daily}
+
+    results = {
+        "baseline": [run(300.0, s) for s in (0.0, 0.1, -0.1)],
+        "augment": [run(0.0, s) for s in (0.0, 0.1, -0.1)],
+    }
+    summary = summarize(results, frozenset({far, 131}))
+    inside = summary["augment"]["heavy_in_range"]["MAE_tail"]
+    keep = np.array(heavy) & (np.array(days) != far)
+    sums = [(np.array(r["daily"]["MAE_tail"]["num"])[keep].sum(), np.array(r["daily"]["MAE_tail"]["den"])[keep].sum())
+            for r in results["augment"]]  # fmt: skip
+    expect = [n / d for n, d in sums]
+    assert inside["value"]["mean"] == pytest.approx(np.mean(expect), rel=1e-12)
+    assert inside["paired"]["n_days"] == 29 and summary["augment"]["heavy"]["MAE_tail"]["paired"]["n_days"] == 30
+    everything = summary["augment"]["heavy"]["MAE_tail"]["paired"]
+    assert everything["mean"] < -5 and everything["mde"] > 10 * inside["paired"]["mde"]  # one day: large and noisy
+    assert inside["paired"]["low"] < 0 < inside["paired"]["high"] and abs(inside["paired"]["mean"]) < 0.5
+    assert set(summary["baseline"]["heavy_in_range"]) == {"MAE_tail", "MAE_all"}
+    text = verdict(summary)
+    assert "Best for extremes: **augment**, but not distinguishable from the noise. On the 30 heavy test days" in text
+    assert "leave the range of the training days (where the networks extrapolate; see below), on the other 29:" in text
+    assert "not distinguishable from the noise; smallest detectable difference" in text
+    assert "heavy_in_range" not in summarize(results, frozenset({131}))["augment"]  # 131 is a light day
+    assert "Without the heavy test days" not in verdict(summarize(results))

@@ -627,7 +627,7 @@ def beyond_training_range(data: PreparedData, results: dict[str, list[dict]], sp
             for f in found[:top]]  # fmt: skip
     return {"split_days": len(data.ids(split)), "training_days": len(data.ids("train")), "count": len(found),
             "beyond_1sd": sum(f["excess_sd"] > 1 for f in found), "heavy": sum(f["heavy"] for f in found),
-            "days": days, "median_day_mae": median}  # fmt: skip
+            "days": days, "median_day_mae": median, "day_ids": [f["day"] for f in found]}  # fmt: skip
 
 
 #: The baseline "has stopped improving" when its best validation score over the last quarter of the budget is less
@@ -667,16 +667,26 @@ def _interval(values: list[float]) -> dict:
     return {"mean": float(x.mean()), "low": float(x.mean() - half), "high": float(x.mean() + half), "n": int(x.size)}
 
 
-def _paired(runs: list[dict], base: list[dict], subset: str, metric: str) -> dict | None:
-    """The seed-and-day bootstrap of ``metric``'s difference to ``baseline`` on ``subset``'s test days (None for runs
-    stored before per-day sums were kept, or runs of other days)."""
+def _kept_days(run: dict, subset: str, exclude: frozenset[int] = frozenset()) -> np.ndarray:
+    """Which of a run's daily records belong to ``subset`` ("all", or "heavy" test days), less the days of
+    ``exclude``."""
+    keep = np.ones(len(run["daily"]["day"]), bool)
+    if subset == "heavy":
+        keep = np.array(run["daily"]["heavy"], bool)
+    if exclude:
+        keep &= ~np.isin(np.array(run["daily"]["day"]), list(exclude))
+    return keep
+
+
+def _paired(runs: list[dict], base: list[dict], subset: str, metric: str,
+            exclude: frozenset[int] = frozenset()) -> dict | None:  # fmt: skip
+    """The seed-and-day bootstrap of ``metric``'s difference to ``baseline`` on ``subset``'s test days, less those of
+    ``exclude`` (None for runs stored before per-day sums were kept, or runs of other days)."""
     n = min(len(runs), len(base))
     pairs = list(zip(runs[:n], base[:n], strict=True))
     if n == 0 or any("daily" not in r or "daily" not in b or r["daily"]["day"] != b["daily"]["day"] for r, b in pairs):
         return None
-    keep = np.ones(len(base[0]["daily"]["day"]), bool)
-    if subset == "heavy":
-        keep = np.array(base[0]["daily"]["heavy"], bool)
+    keep = _kept_days(base[0], subset, exclude)
     if not keep.any():
         return None
 
@@ -688,9 +698,45 @@ def _paired(runs: list[dict], base: list[dict], subset: str, metric: str) -> dic
     return paired_difference(*arrays(runs[:n]), *arrays(base[:n]), block=BOOTSTRAP_BLOCK_DAYS)
 
 
-def summarize(results: dict[str, list[dict]]) -> dict:
+def summarize(results: dict[str, list[dict]], beyond_range: frozenset[int] = frozenset()) -> dict:
     """Per arm and metric: mean and 95 % CI over seeds, and the paired difference to ``baseline`` (its interval over
-    seeds, and for :data:`DAILY_SCORES` the seed-and-day bootstrap with the minimum detectable effect, "paired")."""
+    seeds, and for :data:`DAILY_SCORES` the seed-and-day bootstrap with the minimum detectable effect, "paired").
+
+    With ``beyond_range`` (test days whose predictors leave the training days' range) holding a heavy day, a third
+    subset, "heavy_in_range": the :data:`DAILY_SCORES` on the heavy test days without them, from the runs' per-day
+    sums."""
+    summary = _summarize_full(results)
+    base = results.get("baseline")
+    runs0 = next(iter(results.values()), [])
+    if not beyond_range or not runs0 or "daily" not in runs0[0]:
+        return summary
+    if _kept_days(runs0[0], "heavy").sum() == _kept_days(runs0[0], "heavy", beyond_range).sum():
+        return summary
+    for arm, runs in results.items():
+        block = {}
+        for m in DAILY_SCORES:
+            per_seed = [_daily_score(r, m, _kept_days(r, "heavy", beyond_range)) for r in runs]
+            entry = {"value": _interval(per_seed)}
+            if base and arm != "baseline":
+                base_seed = [_daily_score(b, m, _kept_days(b, "heavy", beyond_range)) for b in base]
+                entry["minus_baseline"] = _interval([a - b for a, b in zip(per_seed, base_seed, strict=False)
+                                                     if a is not None and b is not None])  # fmt: skip
+                paired = _paired(runs, base, "heavy", m, beyond_range)
+                if paired is not None:
+                    entry["paired"] = paired
+            block[m] = entry
+        summary[arm]["heavy_in_range"] = block
+    return summary
+
+
+def _daily_score(run: dict, metric: str, keep: np.ndarray) -> float | None:
+    """A run's ``metric`` over the kept days, from its per-day sums (a ratio of sums, as the pooled score)."""
+    num = np.asarray(run["daily"][metric]["num"], float)[keep].sum()
+    den = np.asarray(run["daily"][metric]["den"], float)[keep].sum()
+    return float(num / den) if den > 0 else None
+
+
+def _summarize_full(results: dict[str, list[dict]]) -> dict:
     summary: dict = {}
     base = results.get("baseline")
     for arm, runs in results.items():
@@ -732,7 +778,39 @@ def _worse_than_baseline(summary: dict, subset: str, key: str) -> str:
 
 def verdict(summary: dict) -> str:
     """The first paragraph of experiment.md: which arm is best for extremes, by how much, is it noise, and how small a
-    difference the run could have seen — in sentences a reader can quote."""
+    difference the run could have seen — in sentences a reader can quote; and the same on the heavy days within the
+    training days' range when some are not (:func:`summarize`'s "heavy_in_range")."""
+    return _verdict_all(summary) + _in_range_sentence(summary)
+
+
+def _in_range_sentence(summary: dict, key: str = "MAE_tail") -> str:
+    """The verdict's sentence on the heavy test days within the training days' range ("" when all are)."""
+    if "baseline" not in summary or "heavy_in_range" not in summary["baseline"]:
+        return ""
+    scores = {
+        a: summary[a]["heavy_in_range"][key]
+        for a in summary
+        if summary[a]["heavy_in_range"][key]["value"]["mean"] is not None
+    }
+    base = scores.get("baseline", {}).get("value", {}).get("mean")
+    others = sorted(
+        (a for a in scores if a != "baseline" and scores[a].get("paired")), key=lambda a: scores[a]["value"]["mean"]
+    )
+    if base is None or not others:
+        return ""
+    best = others[0]
+    p = scores[best]["paired"]
+    if not np.isfinite(p["se"]):
+        return ""
+    text = (f" Without the heavy test days whose predictors leave the range of the training days (where the networks "
+            f"extrapolate; see below), on the other {p['n_days']}: the baseline scored {base:.2f} mm/day and the best "
+            f"other arm, {best}, {scores[best]['value']['mean']:.2f} (paired difference {p['mean']:+.2f} mm/day, 95 % "
+            f"interval [{p['low']:+.2f}, {p['high']:+.2f}], ")  # fmt: skip
+    text += "beyond the noise" if p["high"] < 0 or p["low"] > 0 else "not distinguishable from the noise"
+    return text + f"; smallest detectable difference {p['mde']:.2f} mm/day, {p['mde'] / base:.0%} of the baseline's)."
+
+
+def _verdict_all(summary: dict) -> str:
     key = "MAE_tail"
     has_heavy = any(summary[a]["heavy"][key]["value"]["mean"] is not None for a in summary)
     subset = "heavy" if has_heavy else "all"
@@ -856,7 +934,8 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
     for arm, seed in runs:
         record = finished.get((arm, seed)) or json.loads(run_path(runs_dir, arm, seed).read_text())
         results.setdefault(arm, []).append(record)
-    summary = summarize(results)
+    beyond = beyond_training_range(data, results)
+    summary = summarize(results, frozenset(beyond["day_ids"]))
     report = {
         "options": asdict(options),
         "arms": {
@@ -880,7 +959,7 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
         "blowups": blowups(results),
         "convergence": convergence(results["baseline"]) if "baseline" in results else None,
         "compute": compute_cost(results),
-        "beyond_training_range": beyond_training_range(data, results),
+        "beyond_training_range": beyond,
     }
     write_json(out_dir / "experiment.json", report)
     from precip_cvae.downstream.report import write_experiment_report

@@ -33,7 +33,7 @@ def bar_chart(path: Path, summary: dict, metric: str, subset: str) -> str:
     fig, ax = plt.subplots(figsize=(1.1 * len(arms) + 2, 3.2))
     ax.bar(arms, means, yerr=[means - lows, highs - means], capsize=4, color="tab:blue")
     ax.set_ylabel(f"{metric} (mm/day)" if "CSI" not in metric and "SEDI" not in metric else metric)
-    ax.set_title(f"{metric}, {subset} test days (mean and 95 % interval over seeds)", fontsize=9)
+    ax.set_title(f"{metric}, {subset.replace('_', ' ')} test days (mean and 95 % interval over seeds)", fontsize=9)
     ax.tick_params(axis="x", rotation=30)
     return save_figure(fig, path)
 
@@ -86,7 +86,8 @@ def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = Non
     summary = report["summary"]
     o = report["options"]
     figures = []
-    for metric, subset in (("MAE_tail", "heavy"), ("MAE_tail", "all"), ("quantile_bias_P99", "heavy")):
+    for metric, subset in (("MAE_tail", "heavy"), ("MAE_tail", "heavy_in_range"), ("MAE_tail", "all"),
+                           ("quantile_bias_P99", "heavy")):  # fmt: skip
         if summary and any(summary[a].get(subset) for a in summary):
             figures.append(bar_chart(out_dir / f"bars_{metric}_{subset}.png", summary, metric, subset))
     heavy_qq = any(report.get("qq_heavy", {}).values())
@@ -175,9 +176,13 @@ def write_experiment_report(out_dir: Path, report: dict, maps: dict | None = Non
     beyond = report.get("beyond_training_range")
     if beyond:
         lines += ["", _beyond_text(beyond)]
-    for subset in ("heavy", "all"):
-        lines += ["", f"## {subset.capitalize()} test days", ""]
+    headings = {"heavy": "Heavy test days", "all": "All test days",
+                "heavy_in_range": "Heavy test days within the training days' range (per-day scores only)"}  # fmt: skip
+    for subset in ("heavy", "all", "heavy_in_range"):
         arms = [a for a in summary if summary[a].get(subset)]
+        if not arms:
+            continue
+        lines += ["", f"## {headings[subset]}", ""]
         lines.append("| metric | " + " | ".join(arms) + " |")
         lines.append("| --- |" + " --- |" * len(arms))
         for m in TABLE_METRICS:
