@@ -101,3 +101,16 @@ def test_a_compiled_training_step_on_cuda_matches_eager(prepared, tmp_path):
     assert isinstance(compiled.step_forward, CompiledForward)
     assert compiled_losses == pytest.approx(eager_losses, rel=2e-2)
     assert torch.equal(eager.noise.get_state(), compiled.noise.get_state())
+
+
+def test_scores_on_the_gpu_equal_numpy_day_by_day():
+    """Validation's scores on the GPU (Scores.add_tensors with CUDA tensors) against NumPy day by day."""
+    from tests.metrics.test_device import _fields, _scores, assert_same_scores, day_by_day_and_batched
+
+    for K in (2, 16):
+        assert_same_scores(*day_by_day_and_batched(K, "cuda"), days=5)
+    ens, obs, mask = (torch.from_numpy(x).cuda() for x in _fields(2))
+    on_gpu, on_cpu = _scores(), _scores()
+    on_gpu.add_tensors(ens, obs, mask)
+    on_cpu.add_tensors(ens.cpu(), obs.cpu(), mask.cpu())
+    assert_same_scores(on_cpu, on_gpu, days=5)

@@ -28,7 +28,7 @@ from precip_cvae.fileio import output_lock, remove_temporaries, write_text
 from precip_cvae.generator import BEST_CHECKPOINT, CHECKPOINT_DIR, build_model, select_device
 from precip_cvae.loop import Precision, TrainingDiverged  # noqa: F401  (TrainingDiverged: the API's name)
 from precip_cvae.losses import cvae_loss, kl_weight
-from precip_cvae.metrics import CRPS, Deterministic, Fields, Intensities, Scores, TwCRPS
+from precip_cvae.metrics import CRPS, Deterministic, Intensities, Scores, TwCRPS
 
 logger = logging.getLogger(__name__)
 
@@ -293,14 +293,14 @@ class Trainer:
             if sim.shape[1] >= 2:
                 diag["spread"] += float(((sim[:, 0] - sim[:, 1]).abs() * mask).sum())
                 diag["spread_n"] += float(mask.sum())
-            ens, o, valid = sim[:, :, 0].cpu().numpy(), obs[:, 0].cpu().numpy(), mask[:, 0].cpu().numpy()
-            rec = self.normalization.to_mm(out["recon"].float())[:, 0].cpu().numpy()
-            for i in range(ens.shape[0]):
-                fields = Fields(ens[i], o[i], valid[i])
-                part.samples.add(fields)
-                if bool(batch["heavy"][i]):
-                    part.heavy.add(fields)
-                part.recon.add(Fields.single(rec[i], o[i], valid[i]))
+            # on a GPU scored where the model is, on a CPU in NumPy (Scores.add_tensors: the same sums)
+            ens, o, valid = sim[:, :, 0], obs[:, 0], mask[:, 0]
+            rec = self.normalization.to_mm(out["recon"].float())[:, :1]
+            part.samples.add_tensors(ens, o, valid)
+            heavy = torch.as_tensor(batch["heavy"], dtype=torch.bool).to(ens.device)
+            if bool(heavy.any()):
+                part.heavy.add_tensors(ens[heavy], o[heavy], valid[heavy])
+            part.recon.add_tensors(rec, o, valid)
         # every rank merges the ranks' parts in rank order, so every rank computes the same row
         parts = self.ctx.all_gather(part)
         whole = parts[0]

@@ -133,6 +133,22 @@ class LogHistogram:
         idx[pos] = 2 + np.minimum(k, self.n_log)  # n_log + 2 is the overflow bin
         return idx
 
+    def add_device(self, values) -> None:
+        """:meth:`add` for a torch tensor, binned where it is (float64); only the counts come back."""
+        import torch
+
+        x = values.reshape(-1).to(torch.float64)
+        x = x[torch.isfinite(x)]
+        if not x.numel():
+            return
+        self.min, self.max = min(self.min, float(x.min())), max(self.max, float(x.max()))
+        idx = torch.ones(x.shape, dtype=torch.int64, device=x.device)
+        idx[x <= 0] = 0
+        pos = x >= self.vmin
+        k = torch.floor(torch.log(x[pos] / self.vmin) / self._log_step).to(torch.int64)
+        idx[pos] = 2 + k.clamp_max(self.n_log)
+        self.counts += torch.bincount(idx, minlength=self.counts.size).cpu().numpy()
+
     def merge(self, other: LogHistogram) -> None:
         """Add another histogram with the same bins."""
         if (other.vmin, other.vmax, other._log_step) != (self.vmin, self.vmax, self._log_step):

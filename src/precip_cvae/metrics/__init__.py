@@ -16,7 +16,7 @@ entry in the mapping that should compute it.
 """
 
 from precip_cvae.data.quantiles import LogHistogram
-from precip_cvae.metrics._core import Accumulator, Fields, Mean
+from precip_cvae.metrics._core import Accumulator, DeviceFields, Fields, Mean
 from precip_cvae.metrics.categorical import Categorical, contingency, csi, sedi
 from precip_cvae.metrics.deterministic import Deterministic, mae, mae_tail, mass_bias, rmse
 from precip_cvae.metrics.extremes import Intensities, Rx1day, quantile_bias, rx1day, rx1day_bias, wet_day_frequency
@@ -45,6 +45,7 @@ __all__ = [
     "Accumulator",
     "Categorical",
     "Deterministic",
+    "DeviceFields",
     "EnsembleScores",
     "Fields",
     "Intensities",

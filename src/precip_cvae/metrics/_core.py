@@ -205,6 +205,71 @@ class Fields:
         return list(zip(ens, self.obs.reshape(-1, H, W), self.v.reshape(-1, H, W), strict=True))
 
 
+class DeviceFields:
+    """A batch of fields as torch tensors, scored where they are (on the model's device, in float64): the torch twin
+    of :class:`Fields` for the accumulators that have ``accum_device`` (those validation needs). Same effective mask
+    and the same properties, as tensors.
+
+    Parameters
+    ----------
+    ens : (N, K, H, W) mm/day
+    obs : (N, H, W) mm/day
+    mask : bool tensor broadcastable to ``obs``, or None
+    """
+
+    def __init__(self, ens, obs, mask=None):
+        import torch
+
+        if ens.ndim != 4 or obs.ndim != 3 or ens.shape[:1] + ens.shape[2:] != obs.shape:
+            raise ValueError(f"ensemble shape {tuple(ens.shape)} does not match observations {tuple(obs.shape)} "
+                             "(expected (N, K, H, W) and (N, H, W))")  # fmt: skip
+        self.ens, self.obs = ens.to(torch.float64), obs.to(torch.float64)
+        self.K = int(ens.shape[1])
+        valid = torch.isfinite(self.obs) & torch.isfinite(self.ens).all(dim=1)
+        if mask is not None:
+            valid = valid & mask.to(device=valid.device, dtype=torch.bool).expand_as(valid)
+        self.v = valid
+
+    @cached_property
+    def n(self) -> int:
+        return int(self.v.sum())
+
+    @property
+    def n_fields(self) -> int:
+        return int(self.obs.shape[0])
+
+    @cached_property
+    def x(self):
+        """(K, n) member values at the valid points."""
+        return self.ens.movedim(1, 0)[:, self.v]
+
+    @cached_property
+    def y(self):
+        return self.obs[self.v]
+
+    @cached_property
+    def xs(self):
+        return self.x.sort(dim=0).values
+
+    @cached_property
+    def median(self):
+        K = self.K
+        return 0.5 * (self.xs[(K - 1) // 2] + self.xs[K // 2])
+
+
+def _crps_sorted_device(xs, y, fair: bool):
+    """:func:`_crps_sorted` on torch tensors."""
+    import torch
+
+    K = xs.shape[0]
+    if fair and K < 2:
+        raise ValueError("the fair CRPS needs at least 2 members")
+    term1 = (xs - y).abs().mean(dim=0)
+    weights = (2.0 * torch.arange(K, dtype=xs.dtype, device=xs.device) - K + 1).reshape((K,) + (1,) * y.ndim)
+    pairs = (weights * xs).sum(dim=0)
+    return term1 - pairs / (K * (K - 1) if fair else K * K)
+
+
 class Accumulator:
     """A streaming score: ``accum`` days, ``merge`` accumulators of the same settings, ``compute`` named values."""
 

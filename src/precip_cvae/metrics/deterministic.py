@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from precip_cvae.metrics._core import Fields, Sums, _div, ensemble_score, run_once
+from precip_cvae.metrics._core import DeviceFields, Fields, Sums, _div, ensemble_score, run_once
 
 
 class Deterministic(Sums):
@@ -48,6 +48,27 @@ class Deterministic(Sums):
         full = np.zeros(f.obs.shape)
         full[f.v] = err
         sums, counts = full.reshape(f.n_fields, -1).sum(axis=1), f.v.reshape(f.n_fields, -1).sum(axis=1)
+        keep = counts > 0
+        self.add("mass", (sums[keep] / counts[keep]).sum())
+        self.add("mass_fields", keep.sum())
+
+    def accum_device(self, f: DeviceFields) -> None:
+        """:meth:`accum` on a batch of torch tensors, where they are."""
+        if not f.n:
+            return
+        err = f.median - f.y
+        self.add("n", f.n)
+        self.add("abs", err.abs().sum())
+        self.add("sq", (err**2).sum())
+        if self.tail is not None:
+            tail = f.y >= self.tail
+            self.add("tail_abs", err[tail].abs().sum())
+            self.add("tail_n", tail.sum())
+        self.add("member_abs", (f.x - f.y).abs().sum())
+        self.add("member_n", f.x.numel())
+        full = f.obs.new_zeros(f.obs.shape)
+        full[f.v] = err
+        sums, counts = full.reshape(f.n_fields, -1).sum(dim=1), f.v.reshape(f.n_fields, -1).sum(dim=1)
         keep = counts > 0
         self.add("mass", (sums[keep] / counts[keep]).sum())
         self.add("mass_fields", keep.sum())

@@ -12,6 +12,7 @@ from numpy.typing import ArrayLike
 from precip_cvae.data.quantiles import LogHistogram
 from precip_cvae.metrics._core import (
     Accumulator,
+    DeviceFields,
     Fields,
     _div,
     _f64,
@@ -43,6 +44,15 @@ class Intensities(Accumulator):
             return
         self.sim.add(f.x)
         self.obs.add(f.y)
+        self.wet_sim += int((f.x >= self.wet).sum())
+        self.wet_obs += int((f.y >= self.wet).sum())
+
+    def accum_device(self, f: DeviceFields) -> None:
+        """:meth:`accum` on a batch of torch tensors, where they are (the histograms' counts come back)."""
+        if not f.n:
+            return
+        self.sim.add_device(f.x)
+        self.obs.add_device(f.y)
         self.wet_sim += int((f.x >= self.wet).sum())
         self.wet_obs += int((f.y >= self.wet).sum())
 

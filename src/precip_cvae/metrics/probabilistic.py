@@ -14,11 +14,13 @@ from scipy import stats
 
 from precip_cvae.metrics._core import (
     Accumulator,
+    DeviceFields,
     Fields,
     Sums,
     _block_pool,
     _check_ens,
     _crps_sorted,
+    _crps_sorted_device,
     _div,
     _f64,
     _ranks,
@@ -41,6 +43,12 @@ class CRPS(Sums):
     def accum(self, f: Fields) -> None:
         if f.n:
             self.add("crps", _crps_sorted(f.xs, f.y, self.fair).sum())
+            self.add("n", f.n)
+
+    def accum_device(self, f: DeviceFields) -> None:
+        """:meth:`accum` on a batch of torch tensors, where they are."""
+        if f.n:
+            self.add("crps", _crps_sorted_device(f.xs, f.y, self.fair).sum())
             self.add("n", f.n)
 
     def compute(self) -> dict[str, Any]:
@@ -70,6 +78,17 @@ class TwCRPS(Sums):
             tail = top > t
             xs, y = f.xs[:, tail], f.y[tail]
             self.add(key, _crps_sorted(np.maximum(xs, t), np.maximum(y, t), self.fair).sum())
+
+    def accum_device(self, f: DeviceFields) -> None:
+        """:meth:`accum` on a batch of torch tensors, where they are."""
+        if not f.n:
+            return
+        self.add("n", f.n)
+        top = f.xs[-1].maximum(f.y)
+        for key, t in self.thresholds.items():
+            tail = top > t
+            xs, y = f.xs[:, tail], f.y[tail]
+            self.add(key, _crps_sorted_device(xs.clamp_min(t), y.clamp_min(t), self.fair).sum())
 
     def compute(self) -> dict[str, Any]:
         return {f"twCRPS_{key}": _div(self.get(key), self.get("n")) for key in self.thresholds}
