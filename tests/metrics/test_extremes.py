@@ -40,3 +40,30 @@ def test_log_histogram_quantiles():
     for q in (0.3, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0):
         assert h.quantile(q) == pytest.approx(np.quantile(values, q), rel=2e-3, abs=1e-3), q
     assert math.isnan(m.LogHistogram().quantile(0.5))
+
+
+def test_intensities_without_quantiles_keep_counts_only_and_the_same_wet_frequencies():
+    """Validation's Intensities(quantiles=()) keeps no histogram; its wet-day frequencies, merged from two halves, equal
+    those of the full accumulator over all the days (by hand: shares of valid values >= wet)."""
+    from precip_cvae.metrics import Fields, Intensities
+
+    rng = np.random.default_rng(5)
+    ens = rng.gamma(0.4, 3.0, (4, 3, 6, 5)) * (rng.random((4, 3, 6, 5)) < 0.5)
+    obs = rng.gamma(0.4, 3.0, (4, 6, 5))
+    obs[0, 1, 1] = np.nan
+    full, first, second = Intensities(), Intensities(quantiles=(), wet=1.0), Intensities(quantiles=(), wet=1.0)
+    for i in range(4):
+        full.accum(Fields(ens[i], obs[i]))
+        (first if i < 2 else second).accum(Fields(ens[i], obs[i]))
+    first.merge(second)
+    assert first.sim is None and first.obs is None
+    valid = np.isfinite(obs)
+    expect_sim = (ens.transpose(1, 0, 2, 3)[:, valid] >= 1.0).mean()
+    expect_obs = (obs[valid] >= 1.0).mean()
+    got = first.compute()
+    assert got == {
+        "wet_day_frequency_sim": pytest.approx(expect_sim),
+        "wet_day_frequency_obs": pytest.approx(expect_obs),
+    }
+    assert full.compute()["wet_day_frequency_sim"] == got["wet_day_frequency_sim"]
+    assert full.compute()["wet_day_frequency_obs"] == got["wet_day_frequency_obs"]

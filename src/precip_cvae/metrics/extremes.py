@@ -28,39 +28,44 @@ class Intensities(Accumulator):
     """All member values and all observed values of the valid points, through two :class:`LogHistogram`: quantile
     biases ``quantile_bias_<q>`` (simulated - observed, mm/day), ``quantile_ratio_<q>``, ``quantile_sim_<q>``,
     ``quantile_obs_<q>`` (q as ``P95``, ``P99``, ``P99.9``; 0.1 % relative accuracy), and the wet-day frequencies
-    ``wet_day_frequency_sim`` / ``_obs`` (share of values >= ``wet`` mm/day)."""
+    ``wet_day_frequency_sim`` / ``_obs`` (share of values >= ``wet`` mm/day). Without ``quantiles`` (validation's
+    wet-day frequencies) no histogram is kept: ``sim`` and ``obs`` are None, and only the counts are."""
 
     def __init__(self, quantiles: Sequence[float] = (0.95, 0.99, 0.999), wet: float = 1.0):
         self.quantiles = tuple(float(q) for q in quantiles)
         self.wet = float(wet)
-        self.sim, self.obs = LogHistogram(), LogHistogram()
-        self.wet_sim = self.wet_obs = 0
+        self.sim, self.obs = (LogHistogram(), LogHistogram()) if self.quantiles else (None, None)
+        self.wet_sim = self.wet_obs = self.n_sim = self.n_obs = 0
 
     def settings(self) -> tuple:
         return (self.quantiles, self.wet)
 
     def accum(self, f: Fields) -> None:
-        if not f.n:
-            return
-        self.sim.add(f.x)
-        self.obs.add(f.y)
-        self.wet_sim += int((f.x >= self.wet).sum())
-        self.wet_obs += int((f.y >= self.wet).sum())
+        if f.n:
+            self._add(f, "add")
 
     def accum_device(self, f: DeviceFields) -> None:
         """:meth:`accum` on a batch of torch tensors, where they are (the histograms' counts come back)."""
-        if not f.n:
-            return
-        self.sim.add_device(f.x)
-        self.obs.add_device(f.y)
+        if f.n:
+            self._add(f, "add_device")
+
+    def _add(self, f: Fields | DeviceFields, how: str) -> None:
+        if self.quantiles:
+            getattr(self.sim, how)(f.x)
+            getattr(self.obs, how)(f.y)
+        self.n_sim += math.prod(f.x.shape)  # the valid points: every value finite
+        self.n_obs += math.prod(f.y.shape)
         self.wet_sim += int((f.x >= self.wet).sum())
         self.wet_obs += int((f.y >= self.wet).sum())
 
     def _merge(self, other: Intensities) -> None:  # type: ignore[override]
-        self.sim.merge(other.sim)
-        self.obs.merge(other.obs)
+        if self.quantiles:
+            self.sim.merge(other.sim)
+            self.obs.merge(other.obs)
         self.wet_sim += other.wet_sim
         self.wet_obs += other.wet_obs
+        self.n_sim += other.n_sim
+        self.n_obs += other.n_obs
 
     def compute(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -71,8 +76,8 @@ class Intensities(Accumulator):
             out[f"quantile_ratio_{label}"] = _div(qs, qo)
             out[f"quantile_sim_{label}"] = qs
             out[f"quantile_obs_{label}"] = qo
-        out["wet_day_frequency_sim"] = _div(self.wet_sim, self.sim.n)
-        out["wet_day_frequency_obs"] = _div(self.wet_obs, self.obs.n)
+        out["wet_day_frequency_sim"] = _div(self.wet_sim, self.n_sim)
+        out["wet_day_frequency_obs"] = _div(self.wet_obs, self.n_obs)
         return out
 
 
