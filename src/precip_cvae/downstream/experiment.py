@@ -708,7 +708,7 @@ def summarize(results: dict[str, list[dict]], beyond_range: frozenset[int] = fro
     summary = _summarize_full(results)
     base = results.get("baseline")
     runs0 = next(iter(results.values()), [])
-    if not beyond_range or not runs0 or "daily" not in runs0[0]:
+    if not beyond_range or not runs0 or any("daily" not in r for runs in results.values() for r in runs):
         return summary
     if _kept_days(runs0[0], "heavy").sum() == _kept_days(runs0[0], "heavy", beyond_range).sum():
         return summary
