@@ -44,9 +44,9 @@ class Scores(Mapping[str, Accumulator]):
     def add_tensors(self, ens, obs, mask=None) -> None:
         """Add a batch of fields given as torch tensors: ``ens`` (N, K, H, W), ``obs`` (N, H, W) mm/day, ``mask`` bool
         broadcastable to ``obs``. On an accelerator they are scored where they are (:meth:`add_device`: no copy to the
-        host, no single-threaded NumPy); on a CPU day by day in NumPy (:meth:`add`): as fast there (2.7 ms per validation
-        day either way at the reference geometry, K = 2, 2 cores), and it does not slow down when another process
-        shares the cores (torch's threads then took 50 × longer). The same sums either way."""
+        host, no single-threaded NumPy); on a CPU day by day in NumPy (:meth:`add`): as fast there (2.7 ms per
+        validation day either way at the reference geometry, K = 2, 2 cores), and it does not slow down when another
+        process shares the cores (torch's threads then took 50 × longer). The same sums either way."""
         import torch
 
         if obs.device.type != "cpu":
