@@ -65,6 +65,9 @@ def test_evaluate_end_to_end_in_a_subprocess(trained, tmp_path):
         assert system["all"]["CRPS"] > 0 and len(system["all"]["rank_histogram"]) == system["K"] + 1
     report = (out / "report.md").read_text()
     assert "| CRPS (fair), mm/day |" in report and "Gap to the oracle" in report
+    beyond = metrics["beyond_training_range"]  # the test days where the generator extrapolates
+    assert beyond["count"] == len(data.beyond_training_range(data.ids("test")))
+    assert ("have a predictor outside the range of the training days" in report) == (beyond["count"] > 0)
     for figure in ("rank_histogram.png", "qq_intensities.png", "rapsd.png", "reliability.png", "training_curves.png"):
         assert (out / figure).is_file(), figure
 
@@ -164,3 +167,16 @@ def test_the_qq_reservoir_keeps_the_values_of_the_smallest_keys_of_everything_ad
     expected = np.sort(values[np.argsort(keys)[:size]])
     assert a.values.size == size and np.array_equal(np.sort(a.values), expected)
     assert np.array_equal(np.sort(a.keys), np.sort(keys)[:size])
+
+
+def test_report_names_the_days_beyond_the_training_range():
+    from precip_cvae.report import _beyond
+
+    far = {"day": 5371, "date": "1995-09-16", "heavy": True, "channel": "pr_coarse", "excess_sd": 21.6,
+           "value_sd": 41.42, "training_bound_sd": 19.77}  # fmt: skip
+    text = _beyond({"count": 47, "heavy": 14, "beyond_1sd": 7, "days": [far]})
+    assert text == (" 47 of these days (14 heavy; 7 by more than one channel standard deviation) have a predictor "
+                    "outside the range of the training days: there the model extrapolates, and the analog and "
+                    "climatology baselines can only repeat training days. The furthest, 1995-09-16: pr_coarse at 41.4 "
+                    "standard deviations where the training days reach 19.8.")  # fmt: skip
+    assert _beyond({"count": 0, "heavy": 0, "beyond_1sd": 0, "days": []}) == "" and _beyond(None) == ""

@@ -220,6 +220,14 @@ def _score_in_worker(index: int, days: list[int], sims: np.ndarray) -> tuple:
     return _WORKER(index, days, sims)
 
 
+def _beyond(data: PreparedData, days: list[int], top: int = 10) -> dict:
+    """How many of ``days`` have a predictor outside the training days' range (where the generator extrapolates),
+    how many of them heavy or beyond by more than one channel standard deviation, and the ``top`` furthest."""
+    found = data.beyond_training_range(days)
+    return {"count": len(found), "heavy": sum(f["heavy"] for f in found),
+            "beyond_1sd": sum(f["excess_sd"] > 1 for f in found), "days": found[:top]}  # fmt: skip
+
+
 def run_evaluate(
     config: Config,
     options: EvaluateConfig | None = None,
@@ -311,6 +319,7 @@ def run_evaluate(
         "heavy_rule": f"land mean >= P95 of training-period land means ({data.heavy_land_mean:.3f} mm/day)",
         "days": days,
         "heavy_days": heavy_days,
+        "beyond_training_range": _beyond(data, days),
         "systems": {
             name: {
                 "K": s.K,

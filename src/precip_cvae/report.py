@@ -99,6 +99,18 @@ def ranking(metrics: dict) -> str:
     return " ".join(sentences)
 
 
+def _beyond(beyond: dict | None) -> str:
+    """The sentence on the evaluated days whose predictors leave the training days' range ("" when none does)."""
+    if not beyond or not beyond["count"]:
+        return ""
+    far = beyond["days"][0]
+    return (f" {beyond['count']} of these days ({beyond['heavy']} heavy; {beyond['beyond_1sd']} by more than one "
+            "channel standard deviation) have a predictor outside the range of the training days: there the model "
+            "extrapolates, and the analog and climatology baselines can only repeat training days. The furthest, "
+            f"{far['date'] or far['day']}: {far['channel']} at {far['value_sd']:.1f} standard deviations where the "
+            f"training days reach {far['training_bound_sd']:.1f}.")  # fmt: skip
+
+
 def write_report(path: Path, metrics: dict, figures: dict[str, str]) -> None:
     systems = metrics["systems"]
     lines = [
@@ -110,7 +122,8 @@ def write_report(path: Path, metrics: dict, figures: dict[str, str]) -> None:
         f"{metrics['options']['mode']} samples, K = {systems['model']['K']}, temperature "
         f"{metrics['options']['temperature']}. {len(metrics['days'])} days, of which "
         f"{len(metrics['heavy_days'])} heavy ({metrics['heavy_rule']}). All numbers in mm/day over valid pixels; "
-        "thresholds: " + ", ".join(f"{k} = {v:.2f}" for k, v in metrics["thresholds_mm_per_day"].items()) + " mm/day.",
+        "thresholds: " + ", ".join(f"{k} = {v:.2f}" for k, v in metrics["thresholds_mm_per_day"].items()) + " mm/day."
+        + _beyond(metrics.get("beyond_training_range")),
         "",
         "Systems: **model** (the cVAE, from X_lr alone); **analog** (the K training days with the nearest "
         "standardized X_lr); **climatology** (K training days of the same calendar month)"

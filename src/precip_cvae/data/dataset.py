@@ -181,6 +181,41 @@ class PreparedData:
             raise InputError(f"split {split!r}: not one of {', '.join(self.split)}")
         return self.split[split]
 
+    @functools.cached_property
+    def training_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """(C,) smallest and largest normalized value of each predictor channel over the training days."""
+        lo = np.full(self.n_channels, np.inf)
+        hi = np.full(self.n_channels, -np.inf)
+        for day in self.ids("train"):
+            x = self.inputs(day)
+            lo = np.fmin(lo, np.nanmin(x, axis=(1, 2)))
+            hi = np.fmax(hi, np.nanmax(x, axis=(1, 2)))
+        return lo, hi
+
+    def beyond_training_range(self, days: list[int]) -> list[dict]:
+        """The days of ``days`` with a predictor outside :attr:`training_range`, furthest first: where a model trained
+        on the training days extrapolates. Each: ``day``, ``date``, ``heavy``, ``channel`` (the name), ``excess_sd``
+        (the largest distance beyond the range over channels and pixels, in channel standard deviations: the inputs
+        are standardized), ``value_sd`` and ``training_bound_sd`` (that channel's extreme value and the bound it
+        passes)."""
+        lo, hi = self.training_range
+        names = [v["name"] for v in self.variables]
+        found = []
+        for day in days:
+            x = self.inputs(day)
+            top, bottom = np.nanmax(x, axis=(1, 2)), np.nanmin(x, axis=(1, 2))
+            excess = np.fmax(top - hi, lo - bottom)
+            if not np.isfinite(excess).any():
+                continue
+            c = int(np.nanargmax(excess))
+            if excess[c] > 0:
+                upper = top[c] - hi[c] >= lo[c] - bottom[c]
+                found.append({"day": int(day), "date": self.date(day), "heavy": bool(self.is_heavy(day)),
+                              "channel": names[c], "excess_sd": float(excess[c]),
+                              "value_sd": float(top[c] if upper else bottom[c]),
+                              "training_bound_sd": float(hi[c] if upper else lo[c])})  # fmt: skip
+        return sorted(found, key=lambda f: -f["excess_sd"])
+
     def is_heavy(self, index: int) -> bool:
         return self.categories.get(f"{index:06d}") == "heavy"
 

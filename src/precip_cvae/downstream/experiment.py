@@ -574,34 +574,14 @@ def beyond_training_range(data: PreparedData, results: dict[str, list[dict]], sp
                           top: int = 10) -> dict:  # fmt: skip
     """The days of ``split`` whose predictors leave the range the training days span, and what they cost each arm.
 
-    A day's excess is the largest distance, over channels and pixels, of a predictor beyond the smallest or largest
-    value of that channel on any training day, in the channel's standard deviations (the inputs are standardized).
-    A network trained on the record extrapolates on such a day; the downstream SRDRN predicts log1p(mm/day), so its
+    The days and their excess are :meth:`~precip_cvae.data.dataset.PreparedData.beyond_training_range`'s. A network
+    trained on the record extrapolates on such a day; the downstream SRDRN predicts log1p(mm/day), so its
     error there can grow exponentially and one day can carry much of a pooled score. Returned: ``count`` (excess
     > 0), ``beyond_1sd``, ``heavy``, ``days`` (the ``top`` furthest, each with its channel, value, the training
     bound, and per arm the mean over seeds of its MAE on that day and of its share of the arm's MAE above P95 on
     heavy days), ``median_day_mae`` per arm (the median over days of the seed-mean daily MAE).
     """
-    lo = np.full(data.n_channels, np.inf)
-    hi = np.full(data.n_channels, -np.inf)
-    for day in data.ids("train"):
-        x = data.inputs(day)
-        lo = np.fmin(lo, np.nanmin(x, axis=(1, 2)))
-        hi = np.fmax(hi, np.nanmax(x, axis=(1, 2)))
-    names = [v["name"] for v in data.variables]
-    found = []
-    for day in data.ids(split):
-        x = data.inputs(day)
-        above, below = np.nanmax(x, axis=(1, 2)) - hi, lo - np.nanmin(x, axis=(1, 2))
-        excess = np.fmax(above, below)
-        c = int(np.nanargmax(excess)) if np.isfinite(excess).any() else 0
-        if excess[c] > 0:
-            upper = above[c] >= below[c]
-            found.append({"day": int(day), "date": data.date(day), "heavy": bool(data.is_heavy(day)),
-                          "channel": names[c], "excess_sd": float(excess[c]),
-                          "value_sd": float(np.nanmax(x[c]) if upper else np.nanmin(x[c])),
-                          "training_bound_sd": float(hi[c] if upper else lo[c])})  # fmt: skip
-    found.sort(key=lambda f: -f["excess_sd"])
+    found = data.beyond_training_range(data.ids(split))
     daily_mae, heavy_share, median = {}, {}, {}
     for arm, runs in results.items():
         runs = [r for r in runs if "daily" in r]
