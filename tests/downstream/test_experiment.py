@@ -613,3 +613,6 @@ def test_heavy_days_within_the_training_range_are_summarized_apart():
     assert "not distinguishable from the noise; smallest detectable difference" in text
     assert "heavy_in_range" not in summarize(results, frozenset({131}))["augment"]  # 131 is a light day
     assert "Without the heavy test days" not in verdict(summarize(results))
+    one_seed = verdict(summarize({a: runs[:1] for a, runs in results.items()}, frozenset({far})))
+    assert one_seed.endswith("of the baseline's; one seed: the interval covers the choice of test days, not "
+                             "seed-to-seed variation).")  # fmt: skip

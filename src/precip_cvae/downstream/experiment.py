@@ -787,7 +787,10 @@ def _in_range_sentence(summary: dict, key: str = "MAE_tail") -> str:
             f"other arm, {best}, {scores[best]['value']['mean']:.2f} (paired difference {p['mean']:+.2f} mm/day, 95 % "
             f"interval [{p['low']:+.2f}, {p['high']:+.2f}], ")  # fmt: skip
     text += "beyond the noise" if p["high"] < 0 or p["low"] > 0 else "not distinguishable from the noise"
-    return text + f"; smallest detectable difference {p['mde']:.2f} mm/day, {p['mde'] / base:.0%} of the baseline's)."
+    text += f"; smallest detectable difference {p['mde']:.2f} mm/day, {p['mde'] / base:.0%} of the baseline's"
+    if p["n_seeds"] < 2:
+        text += "; one seed: the interval covers the choice of test days, not seed-to-seed variation"
+    return text + ")."
 
 
 def _verdict_all(summary: dict) -> str:
