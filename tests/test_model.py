@@ -379,3 +379,45 @@ def test_the_head_convolves_the_statics_as_part_of_the_concatenated_input(static
         decoder._head_conv(x, statics[:1].expand(2, -1, -1, -1))
     with pytest.raises(ValueError, match="needs the static maps"):
         decoder._head_conv(x, None)
+
+
+@pytest.mark.parametrize("statics_batch", [1, 5])
+@pytest.mark.parametrize("latent_scales", [(), (2,)])
+def test_the_fine_tail_over_slices_of_the_batch_is_the_whole_batchs_forward_and_backward(
+    monkeypatch, statics_batch, latent_scales
+):
+    # on a CPU the decoder runs its fine-scale tail over slices of the batch that fit CHUNK_BYTES; float64 reference:
+    # the same decoder, the same noise, the whole batch at once
+    from precip_cvae.model import decoder as module
+
+    torch.manual_seed(3)
+    # blocks to 16 x 12, 32 x 24 and 64 x 48
+    decoder = Decoder(4, 6, (64, 48), 4, n_statics=S, use_statics=True, latent_scales=latent_scales,
+                      encoder_channels=(4, 8, 8, 8)).double()  # fmt: skip
+    z, h_x = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    statics = torch.rand(statics_batch, S, 64, 48, dtype=torch.float64)
+    seed = decoder.seed(torch.cat([z, h_x], 1)).view(-1, decoder.seed_channels, *decoder.seed_shape)
+    per_field = 4 * 8 * 64 * 48  # the largest tail map of one field: 4 channels of 64 x 48 (8 of 32 x 24 are half)
+
+    def run(budget):
+        monkeypatch.setattr(module, "CHUNK_BYTES", budget)
+        torch.manual_seed(7)  # the spatial latent's prior draw
+        out = decoder(z, h_x, statics)
+        return out, torch.autograd.grad(out.pow(2).sum(), [h_x, *decoder.parameters()], allow_unused=True)
+
+    whole, whole_grads = run(2**40)
+    monkeypatch.setattr(module, "CHUNK_BYTES", 2 * per_field)
+    start = decoder._tail_start(seed)
+    # the last two blocks' outputs of the 5 fields (8 x 32 x 24 and 4 x 64 x 48) outgrow 2 fields' worth, the first's
+    # (8 x 16 x 12) does not; a latent at factor 2 keeps the block it follows (32 x 24) out of the tail
+    assert start == (1 if not latent_scales else 2)
+    tail_input = torch.zeros(5, 8, 8 * 2**start, 6 * 2**start, dtype=torch.float64)  # the map the tail starts from
+    assert decoder._chunk_rows(tail_input, start) == 2  # slices of 2, 2 and 1 fields
+    sliced, sliced_grads = run(2 * per_field)
+    torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-12)
+    for a, b in zip(sliced_grads, whole_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    tiny, _ = run(1)  # a budget below one field: one field at a time
+    torch.testing.assert_close(tiny, whole, rtol=0, atol=1e-12)
