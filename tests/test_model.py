@@ -386,9 +386,9 @@ def test_the_head_convolves_the_statics_as_part_of_the_concatenated_input(static
 def test_the_fine_tail_over_slices_of_the_batch_is_the_whole_batchs_forward_and_backward(
     monkeypatch, statics_batch, latent_scales
 ):
-    # on a CPU the decoder runs its fine-scale tail over slices of the batch that fit CHUNK_BYTES; float64 reference:
+    # on a CPU the decoder runs its fine-scale tail over slices of the batch that fit CACHE_BYTES; float64 reference:
     # the same decoder, the same noise, the whole batch at once
-    from precip_cvae.model import decoder as module
+    from precip_cvae import slices
 
     torch.manual_seed(3)
     # blocks to 16 x 12, 32 x 24 and 64 x 48
@@ -400,24 +400,28 @@ def test_the_fine_tail_over_slices_of_the_batch_is_the_whole_batchs_forward_and_
     per_field = 4 * 8 * 64 * 48  # the largest tail map of one field: 4 channels of 64 x 48 (8 of 32 x 24 are half)
 
     def run(budget):
-        monkeypatch.setattr(module, "CHUNK_BYTES", budget)
+        monkeypatch.setattr(slices, "CACHE_BYTES", budget)
         torch.manual_seed(7)  # the spatial latent's prior draw
         out = decoder(z, h_x, statics)
         return out, torch.autograd.grad(out.pow(2).sum(), [h_x, *decoder.parameters()], allow_unused=True)
 
     whole, whole_grads = run(2**40)
-    monkeypatch.setattr(module, "CHUNK_BYTES", 2 * per_field)
+    monkeypatch.setattr(slices, "CACHE_BYTES", 2 * per_field)
     start = decoder._tail_start(seed)
     # the last two blocks' outputs of the 5 fields (8 x 32 x 24 and 4 x 64 x 48) outgrow 2 fields' worth, the first's
     # (8 x 16 x 12) does not; a latent at factor 2 keeps the block it follows (32 x 24) out of the tail
     assert start == (1 if not latent_scales else 2)
     tail_input = torch.zeros(5, 8, 8 * 2**start, 6 * 2**start, dtype=torch.float64)  # the map the tail starts from
-    assert decoder._chunk_rows(tail_input, start) == 2  # slices of 2, 2 and 1 fields
+    assert decoder._tail_bytes(tail_input, start) == per_field
+    assert slices.rows(tail_input, per_field) == 2  # slices of 2, 2 and 1 fields
     sliced, sliced_grads = run(2 * per_field)
     torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-12)
     for a, b in zip(sliced_grads, whole_grads, strict=True):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    calls = []
+    monkeypatch.setattr(decoder, "_fine", lambda x, *a: calls.append(x.shape[0]) or Decoder._fine(decoder, x, *a))
     tiny, _ = run(1)  # a budget below one field: one field at a time
     torch.testing.assert_close(tiny, whole, rtol=0, atol=1e-12)
+    assert calls == [1] * 5

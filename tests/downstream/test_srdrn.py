@@ -74,6 +74,39 @@ def test_srdrn_statics_batch_matches_and_errors():
         model(torch.randn(3, 3, 4, 2), statics)  # wrong coarse grid
 
 
+@pytest.mark.parametrize("statics_batch", [0, 1, 5])
+def test_the_fine_grid_over_slices_of_the_batch_is_the_whole_batchs_forward_and_backward(monkeypatch, statics_batch):
+    # on a CPU SRDRN runs its fine-grid layers over slices of the batch that fit CACHE_BYTES; float64 reference: the
+    # whole batch at once, in training mode (the BatchNorm before the slices sees the whole batch either way)
+    from precip_cvae import slices
+
+    torch.manual_seed(2)
+    n_statics = min(statics_batch, 2)
+    model = tiny((5, 7), (19, 29), n_statics=n_statics, n_outputs=3).double().train()
+    x = torch.randn(5, 3, 5, 7, dtype=torch.float64)
+    statics = torch.randn(statics_batch, n_statics, 19, 29, dtype=torch.float64) if n_statics else None
+    per_field = (8 + n_statics) * 30 * 42 * 8  # fuse's input: 8 filters and the statics on the 6 x upsampled grid
+
+    def run(budget):
+        monkeypatch.setattr(slices, "CACHE_BYTES", budget)
+        out = model(x, statics)
+        return out, torch.autograd.grad((out * torch.arange(out.numel()).reshape(out.shape).sin()).sum(),
+                                        list(model.parameters()))  # fmt: skip
+
+    whole, whole_grads = run(2**40)
+    assert slices.rows(x, per_field) == 5
+    monkeypatch.setattr(slices, "CACHE_BYTES", 2 * per_field)
+    assert slices.rows(x, per_field) == 2  # slices of 2, 2 and 1 fields
+    sliced, sliced_grads = run(2 * per_field)
+    torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-12)
+    for a, b in zip(sliced_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    calls = []
+    monkeypatch.setattr(model, "_fine", lambda *a: calls.append(a[0].shape[0]) or SRDRN._fine(model, *a))
+    run(2 * per_field)
+    assert calls == [2, 2, 1]
+
+
 def test_quantile_outputs_do_not_cross():
     torch.manual_seed(0)
     model = tiny((3, 2), (24, 20), n_outputs=4)

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from precip_cvae import slices
+
 __all__ = ["SRDRN", "count_parameters", "recalibrate_batchnorm", "set_bn_momentum", "upsampling_factors"]
 
 #: Keras' BatchNormalization(momentum=0.5) of the original code; PyTorch's momentum is 1 - Keras'.
@@ -198,17 +200,28 @@ class SRDRN(nn.Module):
         if inputs.ndim != 4 or tuple(inputs.shape[-2:]) != self.lr_shape:
             raise ValueError(f"inputs: expected (B, C, {self.lr_shape[0]}, {self.lr_shape[1]}), got {inputs.shape}")
         x = self.stem(inputs)
-        x = self.post(self.blocks(x)) + x  # global skip
-        x = center_crop(self.upsample(x), self.hr_shape)
+        x = self.post(self.blocks(x)) + x  # global skip (the last BatchNorm: below it each field is computed alone)
         if self.n_statics > 0:
-            x = torch.cat([x, self._check_statics(statics, x)], dim=1)
+            statics = self._check_statics(statics, x)
         elif statics is not None and statics.shape[1] != 0:  # an empty (B, 0, H, W) stack is fine
             raise ValueError(f"statics {tuple(statics.shape)} given to an SRDRN built with n_statics=0")
-        raw = self.final(self.fuse(x))
+        else:
+            statics = None
+        # on a CPU the fine grid's layers run over slices of the batch that fit the caches (precip_cvae.slices)
+        pixels = math.prod(self.lr_shape) * math.prod(self.factors) ** 2
+        n = slices.rows(x, self.fuse[0].in_channels * pixels * x.element_size())  # its largest map: fuse's input
+        raw = slices.over_slices(self._fine, n, x, statics)
         return monotone_quantiles(raw) if self.n_outputs > 1 else raw
 
+    def _fine(self, x: torch.Tensor, statics: torch.Tensor | None) -> torch.Tensor:
+        """Upsampling, the crop, the static maps and the last two convolutions: (B, F, h, w) -> (B, n_outputs, H, W)."""
+        x = center_crop(self.upsample(x), self.hr_shape)
+        if statics is not None:
+            x = torch.cat([x, statics], dim=1)
+        return self.final(self.fuse(x))
+
     def _check_statics(self, statics: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-        """Statics (B or 1, S, H, W) -> (B, S, H, W) in ``x``'s dtype and device."""
+        """Statics (B or 1, S, H, W) -> (B, S, H, W) in ``x``'s dtype and device (a view when given once)."""
         expected = (self.n_statics, *self.hr_shape)
         if statics is None:
             raise ValueError(f"this SRDRN needs statics of shape (B or 1, {', '.join(map(str, expected))})")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from precip_cvae import slices
 from precip_cvae.model._layers import (
     DECODER_WIDTH_CAP,
     _center_crop,
@@ -21,13 +22,6 @@ from precip_cvae.model._layers import (
 )
 from precip_cvae.model.heads import build_head
 from precip_cvae.model.latents import SpatialContext, SpatialLatent
-
-# On a CPU the decoder's fine-scale tail runs over slices of the batch whose largest activation stays within this many
-# bytes: a whole batch's full-resolution maps outgrow the caches, and the convolutions then run at about half the rate
-# (2 cores, 32 MiB L3: a 3 x 3, 16 -> 16 convolution forward and backward on 24 maps of 160 x 144, 38 GFLOP/s in one
-# call and 108 in four of 6 maps; the default generator's training step at the reference geometry, batch 6, 1.4 x
-# faster). Every operation of the tail acts on each field alone (GroupNorm included), so the result is the same.
-CHUNK_BYTES = 8 * 2**20
 
 
 class FiLM(nn.Module):
@@ -202,15 +196,11 @@ class Decoder(nn.Module):
             level = self.n_up - 1 - i
             if str(level) in self.latents:
                 x = self.latents[str(level)](x, level, spatial)
-        rows = self._chunk_rows(x, tail)
-        if rows >= x.shape[0]:
-            return self.output(self._fine(x, cond, statics, tail))
-        per_day = statics is not None and statics.shape[0] != 1  # maps given once stay once per slice
-        if per_day:
+        if statics is not None:
             _check_statics_batch(statics, x.shape[0])
-        slices = statics.split(rows) if per_day else [statics] * math.ceil(x.shape[0] / rows)
-        parts = zip(x.split(rows), cond.split(rows), slices, strict=True)
-        return self.output(torch.cat([self._fine(x_part, c_part, s_part, tail) for x_part, c_part, s_part in parts]))
+        # on a CPU the fine-scale tail runs over slices of the batch that fit the caches (precip_cvae.slices)
+        n = slices.rows(x, self._tail_bytes(x, tail))
+        return self.output(slices.over_slices(lambda *part: self._fine(*part, tail), n, x, cond, statics))
 
     def _fine(self, x: torch.Tensor, cond: torch.Tensor, statics: torch.Tensor | None, start: int) -> torch.Tensor:
         """The up-blocks from ``start`` on (no spatial latent among them), the crop and the layers before the output
@@ -225,27 +215,25 @@ class Decoder(nn.Module):
 
     def _tail_start(self, x: torch.Tensor) -> int:
         """The first up-block of the fine-scale tail that :meth:`forward` may run over slices of the batch: the
-        blocks after the last spatial latent whose output map of the whole batch outgrows :data:`CHUNK_BYTES`
-        (``len(self.blocks)``: only the crop and the head)."""
+        blocks after the last spatial latent whose output map of the whole batch outgrows the caches
+        (:data:`~precip_cvae.slices.CACHE_BYTES`; ``len(self.blocks)``: only the crop and the head)."""
         start = len(self.blocks)
         height, width, level = x.shape[-2] * 2 ** len(self.blocks), x.shape[-1] * 2 ** len(self.blocks), 0
         per_map = x.shape[0] * x.element_size() * height * width
         for i in range(len(self.blocks) - 1, -1, -1):
             out = self.blocks[i].conv2.out_channels * per_map / 4 ** (len(self.blocks) - 1 - i)
-            if str(level) in self.latents or out <= CHUNK_BYTES:
+            if str(level) in self.latents or out <= slices.CACHE_BYTES:
                 break
             start, level = i, level + 1
         return start
 
-    def _chunk_rows(self, x: torch.Tensor, start: int) -> int:
-        """How many fields of the batch the fine-scale tail runs at once: all of them on an accelerator or while
-        compiling; on a CPU as many as keep its largest activation within :data:`CHUNK_BYTES` (at least 1)."""
-        if x.device.type != "cpu" or torch.compiler.is_compiling():
-            return x.shape[0]
-        pixels = x.shape[-2] * x.shape[-1]  # of the map the tail starts from; each block's output has 4 x more
+    def _tail_bytes(self, x: torch.Tensor, start: int) -> int:
+        """Bytes of the largest map the tail from block ``start`` computes for one field of ``x`` (the map it starts
+        from)."""
+        pixels = x.shape[-2] * x.shape[-1]  # each block's output has 4 x more
         sizes = [block.conv2.out_channels * pixels * 4 ** (j + 1) for j, block in enumerate(self.blocks[start:])]
         sizes.append(self.head[0].out_channels * pixels * 4 ** (len(self.blocks) - start))
-        return max(1, int(CHUNK_BYTES // (max(sizes) * x.element_size())))
+        return max(sizes) * x.element_size()
 
     def _head_conv(self, x: torch.Tensor, statics: torch.Tensor | None) -> torch.Tensor:
         """The head's first convolution of [x; statics] (statics concatenated when ``use_statics``).
