@@ -15,8 +15,10 @@ from collections.abc import Callable
 
 import torch
 
-#: the bytes of the largest map of one slice, on a CPU (8 MiB measured best of 4, 8 and 16 for a day's 16 draws)
-CACHE_BYTES = 8 * 2**20
+#: the bytes of the largest map of one slice, on a CPU. Measured on 2 cores with 32 MiB of L3 (training steps and a
+#: day's 16 draws at the reference geometry and the demo size): 4, 6 and 8 MiB within the machine's noise of each
+#: other, 16 MiB and whole batches of 8 MiB and more 1.3-2 x slower.
+CACHE_BYTES = 6 * 2**20
 
 
 def rows(x: torch.Tensor, bytes_per_field: float) -> int:
