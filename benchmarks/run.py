@@ -15,6 +15,9 @@ Rows (absolute numbers for information, the ratio is the figure to compare acros
   "default"; "none" skips the row) ÷ the same step eagerly, and its achieved FLOP rate ÷ the matmul rate (FLOPs
   counted eagerly). The compile time is printed in the row's name.
 - ``sample``: drawing K = 16 prior samples per day, the same ratio.
+- ``slices``: on a CPU, the training step at the reference geometry (batch 6) and a day's K = 16 draws with the
+  fine-scale layers computed over slices of the batch that fit the caches (:mod:`precip_cvae.slices`, the default)
+  ÷ the whole batch at once (above 1: the slices help).
 - ``loader``: the training DataLoader over a small prepared benchmark: samples/s ÷ what the training step consumes
   (above 1: the step never waits for data), and ÷ a contiguous memory-mapped read of the same bytes (at most 1: the
   per-day files' overhead).
@@ -381,6 +384,25 @@ def main() -> None:
         row(f"sample, {label}: prior samples/s", s["samples_per_s"], "samples/s", None, "", False)
         row(f"sample, {label}: achieved FLOP/s", s["flops_per_sample"] * s["samples_per_s"], "FLOP/s",
             reference_rate, which, True)  # fmt: skip
+
+    if device.type == "cpu":  # the fine-scale layers over slices of the batch (the default) against the whole batch
+        from precip_cvae import slices
+
+        config, budget = load_config(None, []), slices.CACHE_BYTES
+        rates = {}
+        for name in ("whole", "slices", "whole again", "slices again"):  # alternated: the machine drifts
+            slices.CACHE_BYTES = budget if name.startswith("slices") else 2**62
+            try:
+                t = train_step_rate(config, REFERENCE_GEOMETRY, 6, device, amp, repeats)["samples_per_s"]
+                d = sample_rate(config, REFERENCE_GEOMETRY, 1, 16, device, amp, repeats)["samples_per_s"]
+            finally:
+                slices.CACHE_BYTES = budget
+            rates[name] = (t, d)
+        for k, what in enumerate(("train, reference geometry, batch 6", "sample K = 16, reference geometry, one day")):
+            fast = max(rates["slices"][k], rates["slices again"][k])
+            slow = max(rates["whole"][k], rates["whole again"][k])
+            row(f"{what}, in slices of the batch (best of 2): samples/s", fast, "samples/s", slow,
+                "the whole batch at once, best of 2 (> 1: the slices help)", False)  # fmt: skip
 
     if args.compile != "none":  # train.compile against eager at the reference's batch
         batch, best_of = 6, max(repeats, 3)  # a ratio of two single timings swung by 30 % on a shared 2-core machine

@@ -10,9 +10,11 @@ on the values.
 
 Rows, each a ratio measured in the same run on the same machine:
 
-- each variant's steps/s ÷ the default's (float32, NCHW, no autotuning): ``experiment.channels_last``,
+- each variant's steps/s ÷ float32, NCHW, no autotuning: ``experiment.channels_last`` (its default on a CPU),
   ``experiment.cudnn_benchmark`` and ``train.amp`` (bf16 autocast), alone and together (the last two on a GPU only);
-- the steps/s of N processes at once, summed, each training its own SRDRN with the default settings (as
+  on a CPU, the fine grid's layers computed on the whole batch at once rather than over slices of it that fit the
+  caches (:mod:`precip_cvae.slices`; below 1: the slices help);
+- the steps/s of N processes at once, summed, each training its own SRDRN in NCHW (as
   ``experiment --jobs N`` does) ÷ one process alone: above 1, running N at once helps; about 1, the device is already
   full; below 1, they slow each other down (a GPU switches between processes rather than running them side by side).
 """
@@ -134,7 +136,7 @@ def main() -> None:
         ratio = value / reference if reference else None
         rows.append({"name": name, "steps_per_s": value, "reference": reference, "ratio": ratio, "ratio_of": ratio_of})
         shown = f"{ratio:7.2f}" if ratio is not None else "      –"
-        print(f"{name:72s} {value:9.1f} {shown}  {ratio_of}", flush=True)
+        print(f"{name:72s} {value:9.2f} {shown}  {ratio_of}", flush=True)
 
     print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if gpu else "")
           + f", {os.cpu_count()} cores, torch {torch.__version__}, batch {BATCH}")  # fmt: skip
@@ -144,8 +146,8 @@ def main() -> None:
             continue
         torch.backends.cudnn.benchmark = False
         base = steps_per_s(geometry, device, args.steps)
-        row(f"{label}: float32, NCHW (the default)", base, None, "")
-        variants = [("channels_last", dict(channels_last=True), False)]
+        row(f"{label}: float32, NCHW", base, None, "")
+        variants = [("channels_last (experiment's default on a CPU)", dict(channels_last=True), False)]
         if gpu:
             variants += [
                 ("cudnn_benchmark", {}, True),
@@ -155,7 +157,16 @@ def main() -> None:
             ]
         for name, kwargs, autotune in variants:
             torch.backends.cudnn.benchmark = autotune
-            row(f"{label}: {name}", steps_per_s(geometry, device, args.steps, **kwargs), base, "the default")
+            row(f"{label}: {name}", steps_per_s(geometry, device, args.steps, **kwargs), base, "NCHW")
+        if not gpu:  # the default computes the fine grid over slices of the batch on a CPU (precip_cvae.slices)
+            from precip_cvae import slices
+
+            budget, slices.CACHE_BYTES = slices.CACHE_BYTES, 2**62
+            try:
+                whole = steps_per_s(geometry, device, args.steps)
+            finally:
+                slices.CACHE_BYTES = budget
+            row(f"{label}: NCHW, the whole batch at once (no slices)", whole, base, "NCHW in slices")
         torch.backends.cudnn.benchmark = False
         one = concurrent_steps_per_s(geometry, device, args.steps, 1)
         row(f"{label}: 1 process (spawned, all cores)", one, None, "")

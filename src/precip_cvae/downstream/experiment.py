@@ -373,7 +373,7 @@ def train_run(
     n_out = len(options.quantiles) if plan.quantile else 1
     model = SRDRN(data.n_channels, data.lr_shape, data.hr_shape, len(data.static_names), options.filters,
                   options.n_blocks, n_out).to(device)  # fmt: skip
-    if options.channels_last:
+    if options.channels_last or (options.channels_last is None and device.type == "cpu"):
         model = model.to(memory_format=torch.channels_last)
     set_bn_momentum(model, options.bn_momentum)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
