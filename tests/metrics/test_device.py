@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from precip_cvae.metrics import CRPS, Deterministic, DeviceFields, Fields, Intensities, Scores, TwCRPS
+from precip_cvae.metrics._core import Accumulator
+from precip_cvae.metrics.scores import EnsembleScores
 from precip_cvae.metrics.spatial import FSS
 
 
@@ -75,8 +77,41 @@ def test_add_tensors_on_a_cpu_scores_day_by_day_in_numpy():
     assert numpy_scores.compute() == pytest.approx(tensor_scores.compute(), rel=0, abs=0, nan_ok=True)
 
 
+@pytest.mark.parametrize("K", [2, 3, 16])
+def test_every_score_of_evaluate_on_the_device_equals_numpy_day_by_day(K):
+    # EnsembleScores (all eleven accumulators evaluate keeps: pooled CRPS on a grid that is not a multiple of the block,
+    # FSS, spectra, rank histogram, Rx1day, ...) fed one batch on the device against the same days one by one in NumPy
+    ens, obs, mask = _fields(K)
+    thresholds = {"P95": 6.0, "P99": 30.0}
+    numpy_scores, device_scores = (EnsembleScores(K, thresholds, pools=(4, 5), rng_seed=3) for _ in range(2))
+    for i in range(obs.shape[0]):
+        numpy_scores.add(Fields(ens[i], obs[i], mask))
+    device_scores.add_device(DeviceFields(*(torch.from_numpy(x) for x in (ens, obs, mask))))
+    a, b = numpy_scores.compute(), device_scores.compute()
+    assert a.keys() == b.keys() and len(a) > 40 and a["days"] == b["days"] == 5
+    assert b["rank_histogram"] == a["rank_histogram"] and sum(a["rank_histogram"]) == a["pixels"]  # ties: same draws
+    for key, value in a.items():
+        expected = np.asarray(value, dtype=float)
+        np.testing.assert_allclose(np.asarray(b[key], dtype=float), expected, rtol=1e-12, atol=1e-12, err_msg=key)
+    # one field at a time on the device: the same again
+    one_by_one = EnsembleScores(K, thresholds, pools=(4, 5), rng_seed=3)
+    for i in range(obs.shape[0]):
+        one_by_one.add_device(
+            DeviceFields(*(torch.from_numpy(x[i : i + 1]) for x in (ens, obs)), torch.from_numpy(mask))
+        )
+    assert one_by_one.compute()["rank_histogram"] == a["rank_histogram"]
+
+
 def test_device_scores_refuse_an_accumulator_without_a_device_path_and_a_bad_shape():
-    with pytest.raises(TypeError, match="no device path for FSS"):
-        Scores({"fss": FSS({"P90": 6.0})}).add_device(DeviceFields(torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4)))
+    class Plain(Accumulator):
+        def accum(self, f):
+            pass
+
+    with pytest.raises(TypeError, match="no device path for Plain"):
+        Scores({"plain": Plain()}).add_device(DeviceFields(torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4)))
+    with pytest.raises(ValueError, match="odd windows"):
+        Scores({"fss": FSS({"P90": 6.0}, windows=(2,))}).add_device(
+            DeviceFields(torch.ones(1, 2, 4, 4), torch.ones(1, 4, 4))
+        )
     with pytest.raises(ValueError, match=r"expected \(N, K, H, W\) and \(N, H, W\)"):
         DeviceFields(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4))

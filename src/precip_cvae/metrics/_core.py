@@ -123,6 +123,32 @@ def _block_pool(
     return out, keep
 
 
+def _block_pool_device(x, valid, pool: int, hows: tuple[str, ...] = ("mean", "max")) -> tuple[dict, Any]:
+    """:func:`_block_pool` on torch tensors (``valid`` a bool tensor broadcastable to ``x``, counted as given)."""
+    import torch
+    import torch.nn.functional as F
+
+    H, W = x.shape[-2:]
+    pad = (0, -W % pool, 0, -H % pool)  # invalid pixels at the end of each axis
+
+    def blocks(a, fill: float):  # (..., H, W) -> (..., H / pool, pool, W / pool, pool), padded with ``fill``
+        a = F.pad(a, pad, value=fill)
+        return a.reshape(*a.shape[:-2], a.shape[-2] // pool, pool, a.shape[-1] // pool, pool)
+
+    count = blocks(valid.to(torch.int64), 0).sum(dim=(-3, -1))
+    keep = 2 * count >= pool * pool
+    out = {}
+    for how in hows:
+        if how == "mean":
+            value = blocks(torch.where(valid, x, 0.0), 0.0).sum(dim=(-3, -1)) / count.clamp(min=1)
+        elif how == "max":
+            value = blocks(torch.where(valid, x, -math.inf), -math.inf).amax(dim=(-3, -1))
+        else:
+            raise ValueError(f"how must be 'mean' or 'max', got {how!r}")
+        out[how] = torch.where(keep, value, math.nan)
+    return out, keep
+
+
 def _ranks(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Rank (0..K) of ``y`` (n,) among members ``x`` (K, n); ties (many zeros) broken uniformly at random."""
     below = (x < y).sum(axis=0)
@@ -140,6 +166,15 @@ def _table(pred_event: np.ndarray, obs_event: np.ndarray) -> dict[str, int]:
         "false_alarms": int((pred_event & ~obs_event).sum()),
         "correct_negatives": int((~pred_event & ~obs_event).sum()),
     }
+
+
+def _table_device(pred_event, obs_event) -> dict[str, int]:
+    """:func:`_table` on torch tensors (one transfer of the four counts)."""
+    import torch
+
+    counts = torch.stack([(pred_event & obs_event).sum(), (~pred_event & obs_event).sum(),
+                          (pred_event & ~obs_event).sum(), (~pred_event & ~obs_event).sum()])  # fmt: skip
+    return dict(zip(_CELLS, (int(c) for c in counts.tolist()), strict=True))
 
 
 class Fields:

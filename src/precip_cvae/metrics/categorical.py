@@ -7,7 +7,17 @@ from typing import Any
 
 from numpy.typing import ArrayLike
 
-from precip_cvae.metrics._core import _CELLS, Accumulator, Fields, _div, _table, ensemble_score, run_once
+from precip_cvae.metrics._core import (
+    _CELLS,
+    Accumulator,
+    DeviceFields,
+    Fields,
+    _div,
+    _table,
+    _table_device,
+    ensemble_score,
+    run_once,
+)
 
 
 class Categorical(Accumulator):
@@ -26,6 +36,14 @@ class Categorical(Accumulator):
             return
         for key, t in self.thresholds.items():
             for cell, count in _table(f.x >= t, (f.y >= t)[None]).items():
+                self.tables[key][cell] += count
+
+    def accum_device(self, f: DeviceFields) -> None:
+        """:meth:`accum` on a batch of torch tensors, where they are."""
+        if not f.n:
+            return
+        for key, t in self.thresholds.items():
+            for cell, count in _table_device(f.x >= t, (f.y >= t)[None]).items():
                 self.tables[key][cell] += count
 
     def _merge(self, other: Categorical) -> None:  # type: ignore[override]

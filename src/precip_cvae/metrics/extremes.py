@@ -91,12 +91,24 @@ class Rx1day(Accumulator):
 
     def accum(self, f: Fields) -> None:
         for ens, obs, v in f.fields():
-            if self.rx_obs is None:
-                self.rx_obs, self.rx_sim = np.full(obs.shape, -np.inf), np.full(ens.shape, -np.inf)
-            elif self.rx_obs.shape != obs.shape:
-                raise ValueError(f"grid changed from {self.rx_obs.shape} to {obs.shape}")
-            np.maximum(self.rx_obs, np.where(v, obs, -np.inf), out=self.rx_obs)
-            np.maximum(self.rx_sim, np.where(v, ens, -np.inf), out=self.rx_sim)
+            self._fold(np.where(v, obs, -np.inf), np.where(v, ens, -np.inf))
+
+    def accum_device(self, f: DeviceFields) -> None:
+        """:meth:`accum` on a batch of torch tensors: the batch's maxima where they are, then folded in here."""
+        if f.n_fields:
+            v = f.v
+            obs = f.obs.masked_fill(~v, -math.inf).amax(dim=0)
+            ens = f.ens.masked_fill(~v[:, None], -math.inf).amax(dim=0)
+            self._fold(obs.cpu().numpy(), ens.cpu().numpy())
+
+    def _fold(self, obs: np.ndarray, ens: np.ndarray) -> None:
+        """Take the running maxima with a day's (or a batch's) maxima, -inf where not valid."""
+        if self.rx_obs is None:
+            self.rx_obs, self.rx_sim = np.full(obs.shape, -np.inf), np.full(ens.shape, -np.inf)
+        elif self.rx_obs.shape != obs.shape:
+            raise ValueError(f"grid changed from {self.rx_obs.shape} to {obs.shape}")
+        np.maximum(self.rx_obs, obs, out=self.rx_obs)
+        np.maximum(self.rx_sim, ens, out=self.rx_sim)
 
     def _merge(self, other: Rx1day) -> None:  # type: ignore[override]
         if other.rx_obs is None:

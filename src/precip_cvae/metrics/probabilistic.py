@@ -18,6 +18,7 @@ from precip_cvae.metrics._core import (
     Fields,
     Sums,
     _block_pool,
+    _block_pool_device,
     _check_ens,
     _crps_sorted,
     _crps_sorted_device,
@@ -122,6 +123,22 @@ class PooledCRPS(Sums):
                 self.add(f"pool{pool}_{how}", c.sum())
                 self.add(f"pool{pool}_{how}_n", c.size)
 
+    def accum_device(self, f: DeviceFields) -> None:
+        """:meth:`accum` on a batch of torch tensors, where they are."""
+        if not f.n:
+            return
+        for pool in self.pools:
+            pobs, keep = _block_pool_device(f.obs, f.v, pool, self.hows)
+            pens, _ = _block_pool_device(f.ens, f.v[:, None], pool, self.hows)
+            n = int(keep.sum())
+            if not n:
+                continue
+            for how in self.hows:
+                members = pens[how].movedim(1, 0)[:, keep]
+                c = _crps_sorted_device(members.sort(dim=0).values, pobs[how][keep], self.fair)
+                self.add(f"pool{pool}_{how}", c.sum())
+                self.add(f"pool{pool}_{how}_n", n)
+
     def compute(self) -> dict[str, Any]:
         return {
             f"CRPS_pool{pool}_{how}": _div(self.get(f"pool{pool}_{how}"), self.get(f"pool{pool}_{how}_n"))
@@ -159,6 +176,22 @@ class RankHistogram(Accumulator):
             rng = np.random.default_rng([self.rng_seed, zlib.crc32(y), zlib.crc32(x)])
         self.counts += np.bincount(_ranks(f.x, f.y, rng), minlength=self.K + 1)
 
+    def accum_device(self, f: DeviceFields) -> None:
+        """:meth:`accum` for each field of a batch of torch tensors: ranks and ties counted where they are, the ties
+        broken here with the same random draws as :meth:`accum` of that field alone (seeded from its values)."""
+        for i in range(f.n_fields):
+            v = f.v[i]
+            x, y = f.ens[i][:, v], f.obs[i][v]
+            if not y.numel():
+                continue
+            below, ties = (x < y).sum(dim=0), (x == y).sum(dim=0)
+            rng = self.rng
+            if rng is None:
+                seed = [self.rng_seed, zlib.crc32(y.cpu().numpy()), zlib.crc32(x.contiguous().cpu().numpy())]
+                rng = np.random.default_rng(seed)
+            ranks = below.cpu().numpy() + rng.integers(0, ties.cpu().numpy() + 1)
+            self.counts += np.bincount(ranks, minlength=self.K + 1)
+
     def _merge(self, other: RankHistogram) -> None:  # type: ignore[override]
         self.counts += other.counts
 
@@ -190,6 +223,13 @@ class SpreadSkill(Sums):
         if f.n:
             self.add("var", f.x.var(axis=0, ddof=1).sum())
             self.add("mean_sq", ((f.x.mean(axis=0) - f.y) ** 2).sum())
+            self.add("n", f.n)
+
+    def accum_device(self, f: DeviceFields) -> None:
+        """:meth:`accum` on a batch of torch tensors, where they are."""
+        if f.n:
+            self.add("var", f.x.var(dim=0, correction=1).sum())
+            self.add("mean_sq", ((f.x.mean(dim=0) - f.y) ** 2).sum())
             self.add("n", f.n)
 
     def compute(self) -> dict[str, Any]:

@@ -9,7 +9,17 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.ndimage import uniform_filter
 
-from precip_cvae.metrics._core import Fields, Sums, _check_same, _div, _f64, _mean, _valid, ensemble_score
+from precip_cvae.metrics._core import (
+    DeviceFields,
+    Fields,
+    Sums,
+    _check_same,
+    _div,
+    _f64,
+    _mean,
+    _valid,
+    ensemble_score,
+)
 
 
 def _fractions(binary: np.ndarray, window: int) -> np.ndarray:
@@ -49,6 +59,25 @@ class FSS(Sums):
                 num, den = _fss_terms(prob, event, f.v, w)
                 self.add(f"num_{key}_{w}", np.sum(num))
                 self.add(f"den_{key}_{w}", np.sum(den))
+
+    def accum_device(self, f: DeviceFields) -> None:
+        """:meth:`accum` on a batch of torch tensors, where they are (box means by average pooling with zero
+        padding, as ``uniform_filter``'s constant mode)."""
+        import torch
+        import torch.nn.functional as F
+
+        if not f.n:
+            return
+        for key, t in self.thresholds.items():
+            prob = torch.where(f.v, (f.ens >= t).to(f.ens.dtype).mean(dim=1), 0.0)
+            event = torch.where(f.v, (f.obs >= t).to(f.obs.dtype), 0.0)
+            for w in self.windows:
+                if w % 2 == 0:
+                    raise ValueError(f"FSS on a device needs odd windows, got {w}")
+                ff, fo = (F.avg_pool2d(a[:, None], w, stride=1, padding=w // 2, count_include_pad=True)[:, 0]
+                          for a in (prob, event))  # fmt: skip
+                self.add(f"num_{key}_{w}", torch.where(f.v, (ff - fo) ** 2, 0.0).sum())
+                self.add(f"den_{key}_{w}", torch.where(f.v, ff**2 + fo**2, 0.0).sum())
 
     def compute(self) -> dict[str, Any]:
         return {

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from precip_cvae.metrics._core import Accumulator, Fields, _f64, _mean, ensemble_score
+from precip_cvae.metrics._core import Accumulator, DeviceFields, Fields, _f64, _mean, ensemble_score
 
 #: Wavelength bands of :func:`spectrum_log_ratio` used by :class:`EnsembleScores`, in cycles per pixel:
 #: large scales (wavelength > 16 px), medium (4-16 px), small (< 4 px).
@@ -42,6 +42,22 @@ class Spectrum(Accumulator):
             self.power_obs += power[0]
             self.power_sim += power[1:].mean(axis=0)
             self.fields += 1
+
+    def accum_device(self, f: DeviceFields) -> None:
+        """:meth:`accum` on a batch of torch tensors: the spectra where they are (fields without a valid pixel left
+        out, as :meth:`accum` leaves out such a day), their sums here."""
+        import torch
+
+        days = f.v.flatten(1).any(dim=1)
+        if not bool(days.any()):
+            return
+        v = f.v[days][:, None]
+        freqs, power = rapsd_device(torch.where(v, torch.cat([f.obs[days][:, None], f.ens[days]], dim=1), math.nan))
+        if self.power_obs is None:
+            self.freqs, self.power_obs, self.power_sim = freqs, np.zeros(freqs.size), np.zeros(freqs.size)
+        self.power_obs += power[:, 0].sum(dim=0).cpu().numpy()
+        self.power_sim += power[:, 1:].mean(dim=1).sum(dim=0).cpu().numpy()
+        self.fields += int(days.sum())
 
     def _merge(self, other: Spectrum) -> None:  # type: ignore[override]
         if other.power_obs is None:
@@ -133,6 +149,26 @@ def rapsd(field: ArrayLike, fill: Literal["mean", "zero"] = "mean") -> tuple[np.
     if freqs.size == 0:
         return freqs.copy(), np.zeros(x.shape[:-2] + (0,))
     return freqs.copy(), np.add.reduceat(power[..., order] * weights, starts, axis=-1) / counts
+
+
+def rapsd_device(field) -> tuple[np.ndarray, Any]:
+    """:func:`rapsd` (``fill="mean"``) of a torch tensor (..., H, W), where it is: freqs (NumPy), power (a tensor)."""
+    import torch
+
+    x = field.to(torch.float64)
+    H, W = x.shape[-2:]
+    finite = torch.isfinite(x)
+    n = finite.sum(dim=(-2, -1), keepdim=True)
+    value = torch.where(finite, x, 0.0).sum(dim=(-2, -1), keepdim=True) / n.clamp(min=1)
+    coef = torch.fft.rfft2(torch.where(finite, x, value))
+    power = ((coef.real**2 + coef.imag**2) / (H * W)).reshape(*x.shape[:-2], -1)
+    freqs, order, weights, starts, counts = _radial_bins(H, W)
+    if freqs.size == 0:
+        return freqs.copy(), power.new_zeros(*x.shape[:-2], 0)
+    bins = torch.tensor(np.repeat(np.arange(freqs.size), np.diff(starts, append=order.size)), device=x.device)
+    weighted = power[..., torch.tensor(order, device=x.device)] * torch.tensor(weights, device=x.device)
+    sums = power.new_zeros(*x.shape[:-2], freqs.size).index_add_(-1, bins, weighted)
+    return freqs.copy(), sums / torch.tensor(counts, device=x.device)
 
 
 def spectrum_log_ratio(
