@@ -104,11 +104,19 @@ def test_a_compiled_training_step_on_cuda_matches_eager(prepared, tmp_path):
 
 
 def test_scores_on_the_gpu_equal_numpy_day_by_day():
-    """Validation's scores on the GPU (Scores.add_tensors with CUDA tensors) against NumPy day by day."""
-    from tests.metrics.test_device import _fields, _scores, assert_same_scores, day_by_day_and_batched
+    """Validation's and evaluate's scores on the GPU (Scores.add_tensors, EnsembleScores.add_device with CUDA tensors)
+    against NumPy day by day."""
+    from tests.metrics.test_device import (
+        _fields,
+        _scores,
+        assert_same_scores,
+        day_by_day_and_batched,
+        ensemble_scores_compared,
+    )
 
     for K in (2, 16):
         assert_same_scores(*day_by_day_and_batched(K, "cuda"), days=5)
+        ensemble_scores_compared(K, "cuda")  # every score evaluate keeps
     ens, obs, mask = (torch.from_numpy(x).cuda() for x in _fields(2))
     on_gpu, on_cpu = _scores(), _scores()
     on_gpu.add_tensors(ens, obs, mask)

@@ -77,29 +77,30 @@ def test_add_tensors_on_a_cpu_scores_day_by_day_in_numpy():
     assert numpy_scores.compute() == pytest.approx(tensor_scores.compute(), rel=0, abs=0, nan_ok=True)
 
 
-@pytest.mark.parametrize("K", [2, 3, 16])
-def test_every_score_of_evaluate_on_the_device_equals_numpy_day_by_day(K):
-    # EnsembleScores (all eleven accumulators evaluate keeps: pooled CRPS on a grid that is not a multiple of the block,
-    # FSS, spectra, rank histogram, Rx1day, ...) fed one batch on the device against the same days one by one in NumPy
+def ensemble_scores_compared(K: int, device: str) -> None:
+    """EnsembleScores (all eleven accumulators evaluate keeps: pooled CRPS on a grid that is not a multiple of the
+    block, FSS, spectra, rank histogram, Rx1day, ...) fed :func:`_fields` as one batch on ``device``, and one day at a
+    time there, against the same days one by one in NumPy: every value to 1e-12, the rank histogram exactly."""
     ens, obs, mask = _fields(K)
     thresholds = {"P95": 6.0, "P99": 30.0}
-    numpy_scores, device_scores = (EnsembleScores(K, thresholds, pools=(4, 5), rng_seed=3) for _ in range(2))
+    numpy_scores, batch, one_by_one = (EnsembleScores(K, thresholds, pools=(4, 5), rng_seed=3) for _ in range(3))
     for i in range(obs.shape[0]):
         numpy_scores.add(Fields(ens[i], obs[i], mask))
-    device_scores.add_device(DeviceFields(*(torch.from_numpy(x) for x in (ens, obs, mask))))
-    a, b = numpy_scores.compute(), device_scores.compute()
-    assert a.keys() == b.keys() and len(a) > 40 and a["days"] == b["days"] == 5
-    assert b["rank_histogram"] == a["rank_histogram"] and sum(a["rank_histogram"]) == a["pixels"]  # ties: same draws
-    for key, value in a.items():
-        expected = np.asarray(value, dtype=float)
-        np.testing.assert_allclose(np.asarray(b[key], dtype=float), expected, rtol=1e-12, atol=1e-12, err_msg=key)
-    # one field at a time on the device: the same again
-    one_by_one = EnsembleScores(K, thresholds, pools=(4, 5), rng_seed=3)
-    for i in range(obs.shape[0]):
-        one_by_one.add_device(
-            DeviceFields(*(torch.from_numpy(x[i : i + 1]) for x in (ens, obs)), torch.from_numpy(mask))
-        )
-    assert one_by_one.compute()["rank_histogram"] == a["rank_histogram"]
+        day = (torch.from_numpy(x[i : i + 1]).to(device) for x in (ens, obs))
+        one_by_one.add_device(DeviceFields(*day, torch.from_numpy(mask).to(device)))
+    batch.add_device(DeviceFields(*(torch.from_numpy(x).to(device) for x in (ens, obs, mask))))
+    a = numpy_scores.compute()
+    assert len(a) > 40 and a["days"] == 5 and sum(a["rank_histogram"]) == a["pixels"]
+    for b in (batch.compute(), one_by_one.compute()):
+        assert a.keys() == b.keys() and b["rank_histogram"] == a["rank_histogram"]  # ties broken by the same draws
+        for key, value in a.items():
+            np.testing.assert_allclose(np.asarray(b[key], dtype=float), np.asarray(value, dtype=float), rtol=1e-12,
+                                       atol=1e-12, err_msg=key)  # fmt: skip
+
+
+@pytest.mark.parametrize("K", [2, 3, 16])
+def test_every_score_of_evaluate_on_the_device_equals_numpy_day_by_day(K):
+    ensemble_scores_compared(K, "cpu")
 
 
 def test_device_scores_refuse_an_accumulator_without_a_device_path_and_a_bad_shape():
