@@ -4,6 +4,7 @@ stage."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -107,17 +108,31 @@ class Generator:
         z : (B, K, H, W) normalized samples, NaN outside the valid mask
         mm : (B, K, H, W) the same in mm/day
         """
+        inputs, z = self._sample(days, K, mode, temperature, rng)
+        z = z.cpu().numpy()
+        z[:, :, ~self.data.valid_mask] = np.nan
+        return inputs, z, self.data.normalization.to_mm(z)
+
+    @torch.no_grad()
+    def draw_mm(self, days: list[int], K: int, mode: str, temperature: float, rng: torch.Generator) -> torch.Tensor:
+        """:meth:`draw`'s mm/day as a tensor left on this device, (B, K, H, W) float32, NaN outside the valid mask:
+        the same draws (the same noise) and the same numbers, for scores computed where the samples are."""
+        _, z = self._sample(days, K, mode, temperature, rng)
+        mm = self.data.normalization.to_mm(z, reported=True)
+        return mm.masked_fill(~torch.from_numpy(self.data.valid_mask).to(mm.device), math.nan)
+
+    def _sample(self, days: list[int], K: int, mode: str, temperature: float, rng: torch.Generator):
+        """The days' predictors (numpy) and K normalized samples of each, (B, K, H, W) float32 on this device."""
         data = self.data
         inputs = np.stack([data.inputs(i) for i in days])
         targets = np.nan_to_num(np.stack([data.target(i) for i in days]), nan=0.0)
         step = self.days_per_pass or len(days)
-        z = np.concatenate([
+        z = torch.cat([
             self.model.sample(
                 torch.from_numpy(inputs[s : s + step]).to(self.device), self.statics, n_samples=K,
                 temperature=temperature, mode=mode, target=torch.from_numpy(targets[s : s + step]).to(self.device),
                 generator=rng,
-            ).float().cpu().numpy()[:, :, 0]
+            ).float()[:, :, 0]
             for s in range(0, len(days), step)
         ])  # fmt: skip
-        z[:, :, ~data.valid_mask] = np.nan
-        return inputs, z, data.normalization.to_mm(z)
+        return inputs, z

@@ -139,10 +139,15 @@ class Normalization:
             )
         return self._tensors[key]
 
-    def to_mm(self, z):
+    def to_mm(self, z, reported: bool = False):
         """Normalized (..., H, W) → mm/day. numpy: float32, below :data:`ROUND_OFF_MM_PER_DAY` is 0;
-        torch: differentiable, clipped at 0. NaN stays NaN."""
+        torch: differentiable, clipped at 0, or with ``reported`` the numpy path's numbers on the tensor's device
+        (float64 arithmetic, round-off of a dry pixel as 0, float32). NaN stays NaN."""
         if isinstance(z, torch.Tensor):
+            if reported:
+                mean, std = self._torch(z.to(torch.float64))
+                pr = torch.expm1((z.to(torch.float64) * std + mean).clamp(max=self.log1p_max))
+                return torch.where(pr < ROUND_OFF_MM_PER_DAY, 0.0, pr).to(torch.float32)
             mean, std = self._torch(z)
             return torch.expm1((z * std + mean).clamp(max=self.log1p_max)).clamp_min(0.0)
         return target_to_mm_per_day(z, self.mean, self.std, self.log1p_max)
