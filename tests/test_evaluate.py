@@ -88,6 +88,66 @@ def test_worker_processes_score_what_this_process_scores(trained, tmp_path):
         assert json.dumps(pooled[name], sort_keys=True) == json.dumps(here[name], sort_keys=True), name
 
 
+def _numbers(tree, path=""):
+    """Every number of a metrics tree by its path (lists by position)."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _numbers(sub, f"{path}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _numbers(sub, f"{path}/{i}").items()}
+    return {path: tree}
+
+
+def test_scoring_where_the_model_draws_gives_what_numpy_gives_day_by_day(trained, tmp_path, monkeypatch):
+    # on an accelerator evaluate draws with Generator.draw_mm and scores every system where the samples are (analogs,
+    # climatology and oracle moved there); forced here on the CPU: the same metrics as the numpy path, the same Q-Q
+    # sample, the same rank histograms
+    import precip_cvae.evaluate as evaluate
+    import precip_cvae.plot as plot
+    from precip_cvae.config import EvaluateConfig
+
+    options = EvaluateConfig(K=4, batch_size=5, qq_values=500)
+    samples, figures = [], plot.evaluation_figures
+
+    def keep_qq(root, metrics, maps, values, obs_values, *rest):  # the Q-Q samples the figures get, and the maps
+        samples.append((values, obs_values, maps))
+        return figures(root, metrics, maps, values, obs_values, *rest)
+
+    monkeypatch.setattr(plot, "evaluation_figures", keep_qq)
+    host = evaluate.run_evaluate(trained, options, out_dir=tmp_path / "host", progress=False)
+    calls = []
+    real = evaluate.System.add_device
+
+    def counted(self, *args):
+        calls.append(self.name)
+        return real(self, *args)
+
+    monkeypatch.setattr(evaluate, "_score_on_device", lambda device: True)
+    monkeypatch.setattr(evaluate.System, "add_device", counted)
+    device = evaluate.run_evaluate(trained, options, out_dir=tmp_path / "device", progress=False)
+    batches = -(-len(host["days"]) // 5)
+    assert sorted(set(calls)) == ["analog", "climatology", "model", "oracle"] and len(calls) == 4 * batches
+    a, b = _numbers(host["systems"]), _numbers(device["systems"])
+    assert a.keys() == b.keys() and len(a) > 200
+    for key, value in a.items():
+        if isinstance(value, float) and not np.isfinite(value):
+            assert not np.isfinite(b[key]) or b[key] == value, key
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+        else:
+            assert b[key] == value, key
+    assert any("rank_histogram" in key for key in a)
+    (values, obs_values, maps), (values_d, obs_values_d, maps_d) = samples
+    assert values.keys() == values_d.keys() and maps.keys() == maps_d.keys() and maps
+    np.testing.assert_array_equal(obs_values_d, obs_values)
+    for name, kept in values.items():
+        assert kept.size == 500  # the same keys kept, so the same values (to float32 rounding of the samples)
+        np.testing.assert_allclose(values_d[name], kept, rtol=1e-6, atol=1e-6, err_msg=name)
+    for day, m in maps.items():
+        np.testing.assert_allclose(maps_d[day]["model"], m["model"], rtol=1e-6, atol=1e-6)
+    for name in ("host", "device"):
+        assert (tmp_path / name / "metrics.json").is_file() and (tmp_path / name / "report.md").is_file()
+
+
 def test_eobs_analog_crps_cross_check(tmp_path, shared_data):
     """The issue's independent numbers: fair CRPS of the K=16 analog ensemble, 0.934 and 4.52 mm/day."""
     from precip_cvae.data.netcdf import read_netcdf

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from precip_cvae import distributed
@@ -24,7 +25,7 @@ from precip_cvae.data.dataset import PreparedData
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import content_sha256, staged_directory, write_json
 from precip_cvae.generator import Generator, select_device
-from precip_cvae.metrics import EnsembleScores
+from precip_cvae.metrics import DeviceFields, EnsembleScores
 
 #: What `evaluate` does: the config's ``evaluate`` section (the name kept for callers of the API).
 EvaluateOptions = EvaluateConfig
@@ -58,6 +59,14 @@ class _Reservoir:
         values = values[np.isfinite(values)].astype(np.float32)
         self._keep_smallest(values, self.rng.random(values.size))
 
+    def add_device(self, values: torch.Tensor) -> None:
+        """:meth:`add` of a tensor where it is: the same keys drawn here, only the values kept copied back."""
+        values = values[torch.isfinite(values)]
+        keys = self.rng.random(values.numel())
+        below = np.flatnonzero(keys < self._bound)
+        kept = values[torch.from_numpy(below).to(values.device)].to(torch.float32).cpu().numpy()
+        self._keep_smallest(kept, keys[below])
+
     def merge(self, other: _Reservoir) -> None:
         """The bottom-k sample of both streams (exact when their keys are independent)."""
         self._keep_smallest(other.values, other.keys)
@@ -88,6 +97,14 @@ class _Reliability:
         o = obs[mask] >= threshold
         self.forecast += np.bincount(k, minlength=self.forecast.size)[: self.forecast.size]
         self.observed += np.bincount(k, weights=o, minlength=self.observed.size)[: self.observed.size]
+
+    def add_device(self, ens: torch.Tensor, obs: torch.Tensor, mask: torch.Tensor, threshold: float) -> None:
+        """:meth:`add` of a batch of tensors, ens (N, K, H, W), obs and mask (N, H, W): counted where they are."""
+        k = (ens >= threshold).sum(dim=1)[mask]
+        o = (obs >= threshold)[mask].to(torch.float64)
+        size = self.forecast.size
+        self.forecast += torch.bincount(k, minlength=size)[:size].cpu().numpy()
+        self.observed += torch.bincount(k, weights=o, minlength=size)[:size].cpu().numpy()
 
     def merge(self, other: _Reliability) -> None:
         self.forecast += other.forecast
@@ -126,6 +143,21 @@ class System:
         self.values.add(ens[:, mask].ravel())
         for key, r in self.reliability.items():
             r.add(ens, obs, mask, self.thresholds[key])
+
+    def add_device(self, ens: torch.Tensor, obs: torch.Tensor, mask: torch.Tensor, heavy: np.ndarray) -> None:
+        """:meth:`add` of a batch of days as tensors, scored where they are: ens (N, K, H, W), obs and mask (N, H, W),
+        ``heavy`` (N,) bool. The same numbers as :meth:`add` day by day (the Q-Q sample too: its keys are drawn in
+        the same order)."""
+        mask = mask & torch.isfinite(ens).all(dim=1)
+        ens = torch.where(mask[:, None], ens, torch.nan).to(torch.float32)
+        self.all.add_device(DeviceFields(ens, obs, mask))
+        if heavy.any():
+            rows = torch.from_numpy(np.flatnonzero(heavy)).to(ens.device)
+            self.heavy.add_device(DeviceFields(ens[rows], obs[rows], mask[rows]))
+        for i in range(ens.shape[0]):
+            self.values.add_device(ens[i][:, mask[i]].reshape(-1))
+        for key, r in self.reliability.items():
+            r.add_device(ens, obs, mask, self.thresholds[key])
 
     def merge(self, other: System) -> None:
         """Add the days another process scored (the scores merge exactly, see :class:`EnsembleScores`)."""
@@ -177,7 +209,11 @@ class _Scorer:
             system.values = _Reservoir(o.qq_values, [o.seed, index + 1, k])
         return systems, _Reservoir(o.qq_values, [o.seed, index + 1, 99]), {}
 
-    def __call__(self, index: int, days: list[int], sims: np.ndarray) -> tuple[dict[str, System], _Reservoir, dict]:
+    def __call__(self, index: int, days: list[int], sims) -> tuple[dict[str, System], _Reservoir, dict]:
+        """Score batch ``index``: ``sims`` (N, K, H, W) mm/day, a numpy array (scored day by day here) or a tensor
+        (every system scored where it is, the baselines' members moved there)."""
+        if isinstance(sims, torch.Tensor):
+            return self._on_device(index, days, sims)
         data, builders, _ = self.setup()
         systems, obs_values, maps = self.empty(index)
         for b, day in enumerate(days):
@@ -191,6 +227,23 @@ class _Scorer:
                 systems[name].add(members, obs, day_mask, heavy)
             if day in self.maps:
                 maps[day] = {"obs": obs, "model": sims[b][:4].copy(), "date": data.date(day)}
+        return systems, obs_values, maps
+
+    def _on_device(self, index: int, days: list[int], sims: torch.Tensor) -> tuple[dict[str, System], _Reservoir, dict]:
+        data, builders, _ = self.setup()
+        systems, obs_values, maps = self.empty(index)
+        obs_mm = np.stack([data.target_mm(day) for day in days])
+        masks = data.valid_mask & np.isfinite(obs_mm)
+        heavy = np.array([data.is_heavy(day) for day in days])
+        for b, day in enumerate(days):
+            obs_values.add(obs_mm[b][masks[b]])
+            if day in self.maps:
+                maps[day] = {"obs": obs_mm[b], "model": sims[b][:4].cpu().numpy(), "date": data.date(day)}
+        obs, mask = torch.from_numpy(obs_mm).to(sims.device), torch.from_numpy(masks).to(sims.device)
+        systems["model"].add_device(sims, obs, mask, heavy)
+        for name, builder in builders.items():
+            members = torch.from_numpy(np.stack([builder.members(day)[0] for day in days]))
+            systems[name].add_device(members.to(sims.device), obs, mask, heavy)
         return systems, obs_values, maps
 
 
@@ -218,6 +271,12 @@ def _start_worker(scorer: _Scorer) -> None:
 def _score_in_worker(index: int, days: list[int], sims: np.ndarray) -> tuple:
     assert _WORKER is not None
     return _WORKER(index, days, sims)
+
+
+def _score_on_device(device: torch.device) -> bool:
+    """Whether `evaluate` scores where the model draws: on an accelerator (GPU scoring keeps pace with its draws;
+    a CPU scores faster day by day in NumPy, see :meth:`precip_cvae.metrics.Scores.add_tensors`)."""
+    return device.type != "cpu"
 
 
 def _beyond(data: PreparedData, days: list[int], top: int = 10) -> dict:
@@ -280,10 +339,16 @@ def run_evaluate(
         _merge(merged, future.result())
         bar.update(n)
 
+    on_device = workers is None and _score_on_device(gen.device)
     try:
         for index in mine:
             batch = batches[index]
             rng = gen.rng(distributed.batch_seed(options.seed, index))
+            if on_device:  # drawn and scored on the accelerator (the same numbers: tests/test_evaluate.py)
+                _merge(merged, scorer(index, batch, gen.draw_mm(batch, options.K, options.mode,
+                                                                options.temperature, rng)))  # fmt: skip
+                bar.update(len(batch))
+                continue
             _, _, sims = gen.draw(batch, options.K, options.mode, options.temperature, rng)
             if workers is None:
                 _merge(merged, scorer(index, batch, sims))
