@@ -32,18 +32,17 @@ class Categorical(Accumulator):
         return tuple(self.thresholds.items())
 
     def accum(self, f: Fields) -> None:
-        if not f.n:
-            return
-        for key, t in self.thresholds.items():
-            for cell, count in _table(f.x >= t, (f.y >= t)[None]).items():
-                self.tables[key][cell] += count
+        self._count(f, _table)
 
     def accum_device(self, f: DeviceFields) -> None:
         """:meth:`accum` on a batch of torch tensors, where they are."""
+        self._count(f, _table_device)
+
+    def _count(self, f: Fields | DeviceFields, table) -> None:
         if not f.n:
             return
         for key, t in self.thresholds.items():
-            for cell, count in _table_device(f.x >= t, (f.y >= t)[None]).items():
+            for cell, count in table(f.x >= t, (f.y >= t)[None]).items():
                 self.tables[key][cell] += count
 
     def _merge(self, other: Categorical) -> None:  # type: ignore[override]
