@@ -170,11 +170,7 @@ class RankHistogram(Accumulator):
     def accum(self, f: Fields) -> None:
         if not f.n:
             return
-        rng = self.rng
-        if rng is None:
-            x, y = np.ascontiguousarray(f.x), np.ascontiguousarray(f.y)
-            rng = np.random.default_rng([self.rng_seed, zlib.crc32(y), zlib.crc32(x)])
-        self.counts += np.bincount(_ranks(f.x, f.y, rng), minlength=self.K + 1)
+        self.counts += np.bincount(_ranks(f.x, f.y, self._tie_rng(f.x, f.y)), minlength=self.K + 1)
 
     def accum_device(self, f: DeviceFields) -> None:
         """:meth:`accum` for each field of a batch of torch tensors: ranks and ties counted where they are, the ties
@@ -185,12 +181,17 @@ class RankHistogram(Accumulator):
             if not y.numel():
                 continue
             below, ties = (x < y).sum(dim=0), (x == y).sum(dim=0)
-            rng = self.rng
-            if rng is None:
-                seed = [self.rng_seed, zlib.crc32(y.cpu().numpy()), zlib.crc32(x.contiguous().cpu().numpy())]
-                rng = np.random.default_rng(seed)
+            rng = self._tie_rng(x.cpu().numpy(), y.cpu().numpy())
             ranks = below.cpu().numpy() + rng.integers(0, ties.cpu().numpy() + 1)
             self.counts += np.bincount(ranks, minlength=self.K + 1)
+
+    def _tie_rng(self, x: np.ndarray, y: np.ndarray) -> np.random.Generator:
+        """What breaks the ties of one batch, members ``x`` (K, n) and observations ``y`` (n,): the generator given,
+        or one seeded from ``rng_seed`` and a checksum of the batch's values."""
+        if self.rng is not None:
+            return self.rng
+        return np.random.default_rng([self.rng_seed, zlib.crc32(np.ascontiguousarray(y)),
+                                      zlib.crc32(np.ascontiguousarray(x))])  # fmt: skip
 
     def _merge(self, other: RankHistogram) -> None:  # type: ignore[override]
         self.counts += other.counts
