@@ -14,6 +14,8 @@ Rows, each a ratio measured in the same run on the same machine:
   ``experiment.cudnn_benchmark`` and ``train.amp`` (bf16 autocast), alone and together (the last two on a GPU only);
   on a CPU, the fine grid's layers computed on the whole batch at once rather than over slices of it that fit the
   caches (:mod:`precip_cvae.slices`; below 1: the slices help);
+- on a CPU, one process with glibc's default heap ÷ one that keeps its freed maps (:mod:`precip_cvae.heap`, what
+  every precip-cvae process does; below 1: keeping them helps);
 - the steps/s of N processes at once, summed, each training its own SRDRN in NCHW (as
   ``experiment --jobs N`` does) ÷ one process alone: above 1, running N at once helps; about 1, the device is already
   full; below 1, they slow each other down (a GPU switches between processes rather than running them side by side).
@@ -30,6 +32,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from precip_cvae.heap import keep_freed_memory
 
 #: name -> (input channels, lr_shape, hr_shape, static maps)
 GEOMETRIES = {
@@ -94,19 +98,21 @@ def steps_per_s(geometry: tuple, device: torch.device, steps: int, channels_last
     return steps / _seconds(_trainer(geometry, device, channels_last, amp), device, steps)
 
 
-def _worker(geometry, device: str, steps: int, threads: int, ready, results) -> None:
+def _worker(geometry, device: str, steps: int, threads: int, ready, results, keep: bool) -> None:
+    if keep:  # as every precip-cvae process does
+        keep_freed_memory()
     torch.set_num_threads(threads)
     device = torch.device(device)
     results.put(_seconds(_trainer(geometry, device, False, False), device, steps, ready))
 
 
-def concurrent_steps_per_s(geometry: tuple, device: torch.device, steps: int, processes: int) -> float:
+def concurrent_steps_per_s(geometry: tuple, device: torch.device, steps: int, processes: int, keep=True) -> float:
     """Summed training steps/s of ``processes`` processes that train at once (each with its share of the cores),
-    over the time the slowest took."""
+    over the time the slowest took; with ``keep=False`` they keep glibc's default heap (see precip_cvae.heap)."""
     context = multiprocessing.get_context("spawn")
     ready, results = context.Barrier(processes), context.Queue()
     threads = max(1, (os.cpu_count() or 1) // processes)
-    workers = [context.Process(target=_worker, args=(geometry, str(device), steps, threads, ready, results))
+    workers = [context.Process(target=_worker, args=(geometry, str(device), steps, threads, ready, results, keep))
                for _ in range(processes)]  # fmt: skip
     for w in workers:
         w.start()
@@ -127,6 +133,7 @@ def main() -> None:
     parser.add_argument("--geometries", default="all", help="'all', 'synthetic' or 'fraser'")
     parser.add_argument("--json", type=Path, default=Path("srdrn_speed.json"), help="where the results go")
     args = parser.parse_args()
+    keep_freed_memory()  # as every precip-cvae process does
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     processes = args.processes or ([4, 8] if gpu else [2])
@@ -170,6 +177,9 @@ def main() -> None:
         torch.backends.cudnn.benchmark = False
         one = concurrent_steps_per_s(geometry, device, args.steps, 1)
         row(f"{label}: 1 process (spawned, all cores)", one, None, "")
+        if not gpu:
+            default = concurrent_steps_per_s(geometry, device, args.steps, 1, keep=False)
+            row(f"{label}: 1 process, glibc's default heap", default, one, "freed maps kept (< 1: keeping helps)")
         for n in processes:
             row(f"{label}: {n} processes at once, summed", concurrent_steps_per_s(geometry, device, args.steps, n), one,
                 "1 process")  # fmt: skip

@@ -13,6 +13,7 @@ from pathlib import Path
 from precip_cvae import __version__
 from precip_cvae.config import ARMS, PRESERVE_MASS
 from precip_cvae.errors import InputError, RunFailed
+from precip_cvae.heap import keep_freed_memory
 
 
 def _option(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs) -> None:
@@ -494,6 +495,7 @@ def _main(argv: list[str] | None) -> int:
     args = parse(parser, argv)
     show_traceback = args.traceback or bool(os.environ.get("PRECIP_CVAE_TRACEBACK"))
     configure_logging(quiet=args.quiet, verbose=args.verbose)
+    keep_freed_memory()  # a step's maps are reused, not page-faulted in anew (precip_cvae.heap)
     started = time.perf_counter()
     try:
         status = args.func(args)

@@ -53,6 +53,7 @@ from precip_cvae.downstream.stats import paired_difference
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import content_sha256, output_lock, remove_temporaries, save_npy, write_json
 from precip_cvae.generator import select_device
+from precip_cvae.heap import keep_freed_memory
 from precip_cvae.loop import Precision
 from precip_cvae.metrics import Categorical, Deterministic, Fields, Intensities, Mean, Scores
 from precip_cvae.quality import mean_mass_ratio
@@ -1033,6 +1034,7 @@ _WORKER: dict = {}
 
 
 def _start_worker(config: Config, options: ExperimentConfig, device: str, threads: int, memory_bytes: int) -> None:
+    keep_freed_memory()  # a spawned process starts with glibc's defaults (precip_cvae.heap)
     torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = options.cudnn_benchmark
     data = PreparedData(config.data.data_root)
