@@ -335,6 +335,9 @@ def main() -> None:
                         help="days of the projected epoch's benchmark (240; 120 with --quick)")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the training alarms of a one-epoch model are expected here
+    from precip_cvae.heap import keep_freed_memory
+
+    keep_freed_memory()  # as every precip-cvae command does
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
