@@ -181,17 +181,18 @@ class RankHistogram(Accumulator):
             if not y.numel():
                 continue
             below, ties = (x < y).sum(dim=0), (x == y).sum(dim=0)
-            rng = self._tie_rng(x.cpu().numpy(), y.cpu().numpy())
+            rng = self._tie_rng(x, y)
             ranks = below.cpu().numpy() + rng.integers(0, ties.cpu().numpy() + 1)
             self.counts += np.bincount(ranks, minlength=self.K + 1)
 
-    def _tie_rng(self, x: np.ndarray, y: np.ndarray) -> np.random.Generator:
-        """What breaks the ties of one batch, members ``x`` (K, n) and observations ``y`` (n,): the generator given,
-        or one seeded from ``rng_seed`` and a checksum of the batch's values."""
+    def _tie_rng(self, x, y) -> np.random.Generator:
+        """What breaks the ties of one batch, members ``x`` (K, n) and observations ``y`` (n,), NumPy arrays or torch
+        tensors: the generator given, or one seeded from ``rng_seed`` and a checksum of the batch's values (tensors
+        are copied to the host for it, and only then)."""
         if self.rng is not None:
             return self.rng
-        return np.random.default_rng([self.rng_seed, zlib.crc32(np.ascontiguousarray(y)),
-                                      zlib.crc32(np.ascontiguousarray(x))])  # fmt: skip
+        y, x = (np.ascontiguousarray(a.cpu().numpy() if hasattr(a, "cpu") else a) for a in (y, x))
+        return np.random.default_rng([self.rng_seed, zlib.crc32(y), zlib.crc32(x)])
 
     def _merge(self, other: RankHistogram) -> None:  # type: ignore[override]
         self.counts += other.counts
