@@ -10,10 +10,10 @@ import torch
 import yaml
 
 from precip_cvae import batching
-from precip_cvae.batching import AUTO_GAIN, choose_batch, resolve, scaled_lr
+from precip_cvae.batching import AUTO_BATCHES, AUTO_GAIN, choose_batch, resolve, scaled_lr
 from precip_cvae.config import load_config
 from precip_cvae.errors import InputError
-from precip_cvae.train import Trainer, fit
+from precip_cvae.train import Trainer, cvae_forward, fit
 from tests.cases import TINY_MODEL
 
 
@@ -104,3 +104,26 @@ def test_measuring_a_batch_leaves_the_model_and_every_random_state_alone(prepare
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng) and torch.equal(trainer.noise.get_state(), noise)
     assert not trainer.optimizer.state  # the run's optimizer never stepped
+
+
+def test_auto_measures_its_batches_while_the_trainer_is_built(prepared, tmp_path, monkeypatch, caplog):
+    """What a GPU does, here on the CPU: ``auto`` times training steps of the run's own model (its prior draws
+    included) before the compiled step and the run's loss exist (it failed on CUDA with an AttributeError)."""
+    import logging
+
+    monkeypatch.setattr(batching, "MEASURED_ON", ("cpu",))
+    seen = []
+
+    def forward(self, *args):
+        seen.append(self.n_prior)
+        return cvae_forward(*args, self.n_prior)
+
+    monkeypatch.setattr(Trainer, "forward", forward)
+    config = load_config(None, [f"data.data_root={prepared}", f"data.outputs_root={tmp_path}", *TINY_MODEL,
+                                "train.batch_size=auto", "loss.crps_weight=1", "loss.crps_members=2"])  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="precip_cvae.train"):
+        trainer = Trainer(config, progress=False)
+    assert trainer.config.train.batch_size in AUTO_BATCHES
+    assert "training samples/s by batch: 6: " in caplog.text
+    assert seen and set(seen) == {2}  # 4 steps (one of warm-up) a batch, each with the run's 2 prior draws
+    assert len(seen) % 4 == 0 and not trainer.optimizer.state

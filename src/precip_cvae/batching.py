@@ -31,6 +31,8 @@ AUTO_BATCHES = (6, 12, 24, 48, 96, 192, 384, 768)
 AUTO_GAIN = 1.15
 #: ... and when its training step's peak memory stays within this share of the GPU's.
 AUTO_MEMORY_SHARE = 0.85
+#: The device types on which ``auto`` measures its batches (elsewhere it takes the first of :data:`AUTO_BATCHES`).
+MEASURED_ON = ("cuda",)
 
 
 def scaled_lr(lr: float, batch: int, reference: int, rule: str) -> float:

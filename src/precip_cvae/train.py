@@ -122,7 +122,7 @@ class Trainer:
         if resume and last.exists() and batching.resolves(t):
             stored = load_checkpoint(last)["config"]["train"]
         config, said = batching.resolve(
-            self.config, rate=self.samples_per_s if self.device.type == "cuda" else None,
+            self.config, rate=self.samples_per_s if self.device.type in batching.MEASURED_ON else None,
             train_days=len(self.train_set), world=self.ctx.world, stored=stored,
         )  # fmt: skip
         if said and self.ctx.main:
@@ -162,8 +162,11 @@ class Trainer:
         for i in range(steps + 1):
             if i == 1:
                 started = time.perf_counter()
-            train_step(model, batch, optimizer, self.loss_fn(1.0), grad_clip=self.config.train.grad_clip,
-                       scaler=scaler, autocast_dtype=self.precision.dtype, generator=noise)  # fmt: skip
+            # the run's eager step, its prior draws included (the compiled step and the loss that a torchrun
+            # shares over ranks are set up after the batch is chosen)
+            loop.train_step(model, batch, optimizer, lambda out, b: self._loss(out, b, 1.0, None),
+                            forward=self.forward, grad_clip=self.config.train.grad_clip, scaler=scaler,
+                            autocast_dtype=self.precision.dtype, generator=noise)  # fmt: skip
             if cuda:
                 torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
