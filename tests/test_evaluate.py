@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from precip_cvae.baselines import AnalogEnsemble, ClimatologyEnsemble, OracleEnsemble
 from precip_cvae.data.dataset import PreparedData
@@ -86,6 +87,37 @@ def test_worker_processes_score_what_this_process_scores(trained, tmp_path):
     assert len(runs[0]["days"]) > 6 and here.keys() == pooled.keys() == {"model", "analog", "climatology", "oracle"}
     for name in here:
         assert json.dumps(pooled[name], sort_keys=True) == json.dumps(here[name], sort_keys=True), name
+
+
+def test_on_a_cpu_one_thread_scores_while_the_draws_leave_it_a_core(trained, tmp_path, monkeypatch):
+    import threading
+
+    from precip_cvae import evaluate
+    from precip_cvae.config import EvaluateConfig
+    from precip_cvae.generator import Generator
+
+    seen = {"draw": set(), "score": set()}
+    draw, score = Generator.draw, evaluate._Scorer.__call__
+
+    def recorded_draw(self, *args):
+        seen["draw"].add((threading.current_thread().name, torch.get_num_threads()))
+        return draw(self, *args)
+
+    def recorded_score(self, *args):
+        seen["score"].add(threading.current_thread().name.rsplit("_", 1)[0])
+        return score(self, *args)
+
+    monkeypatch.setattr(Generator, "draw", recorded_draw)
+    monkeypatch.setattr(evaluate._Scorer, "__call__", recorded_score)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        evaluate.run_evaluate(trained, EvaluateConfig(K=2, batch_size=4, qq_values=100), out_dir=tmp_path / "t",
+                              progress=False)  # fmt: skip
+        assert torch.get_num_threads() == 3  # given back
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == {"draw": {("MainThread", 2)}, "score": {"evaluate-scores"}}
 
 
 def _numbers(tree, path=""):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -298,9 +298,11 @@ def run_evaluate(
     (default ``<outputs_root>/evaluation``); ``options`` default to ``config.evaluate``. Returns the metrics dict.
 
     Batch b of the split draws its samples from a generator seeded by ``options.seed`` and b, and is scored into
-    accumulators of its own, merged in batch order, so the numbers do not depend on where batches are scored: with
-    ``options.workers`` > 0 worker processes score while this one draws, and started by ``torchrun`` each process
-    draws and scores every N-th batch and rank 0 merges and writes (the other ranks return an empty dict)."""
+    accumulators of its own, merged in batch order, so the numbers do not depend on where batches are scored: on an
+    accelerator where it draws (``options.workers`` = 0), else beside the draws, by ``options.workers`` > 0 worker
+    processes or by one thread of this process, which then draws on a CPU with one thread fewer than torch's; and
+    started by ``torchrun`` each process draws and scores every N-th batch and rank 0 merges and writes (the other
+    ranks return an empty dict)."""
     options = options or config.evaluate
     if options.mode not in ("prior", "posterior"):
         raise InputError(f"--mode: must be prior or posterior, got {options.mode!r}")
@@ -327,19 +329,27 @@ def run_evaluate(
     mine = ctx.mine(len(batches))
     bar = tqdm(total=sum(len(batches[b]) for b in mine), desc=f"evaluate {options.split} (K={options.K})",
                unit="day", disable=not (progress and ctx.main))  # fmt: skip
-    workers = None
+    # Where batches are scored: on the accelerator that draws them (below), else beside the draws, by worker
+    # processes (evaluate.workers) or one thread of this process; on a CPU the draws then leave that a core.
+    on_device = options.workers == 0 and _score_on_device(gen.device)
+    scoring, score = None, scorer
     if options.workers > 0:
         context = multiprocessing.get_context("spawn")
-        workers = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_start_worker,
+        scoring = ProcessPoolExecutor(options.workers, mp_context=context, initializer=_start_worker,
                                       initargs=(scorer,))  # fmt: skip
-    pending: deque = deque()  # (days, future) of the batches the workers score, oldest first
+        score = _score_in_worker
+    elif not on_device:
+        scoring = ThreadPoolExecutor(1, thread_name_prefix="evaluate-scores")
+    threads = torch.get_num_threads()
+    if gen.device.type == "cpu":
+        torch.set_num_threads(max(1, threads - 1))
+    pending: deque = deque()  # (days, future) of the batches being scored, oldest first
 
     def merge_oldest() -> None:  # batches are merged in batch order
         n, future = pending.popleft()
         _merge(merged, future.result())
         bar.update(n)
 
-    on_device = workers is None and _score_on_device(gen.device)
     try:
         for index in mine:
             batch = batches[index]
@@ -350,18 +360,15 @@ def run_evaluate(
                 bar.update(len(batch))
                 continue
             _, _, sims = gen.draw(batch, options.K, options.mode, options.temperature, rng)
-            if workers is None:
-                _merge(merged, scorer(index, batch, sims))
-                bar.update(len(batch))
-                continue
-            pending.append((len(batch), workers.submit(_score_in_worker, index, batch, sims)))
-            while len(pending) > 2 * options.workers or (pending and pending[0][1].done()):
+            pending.append((len(batch), scoring.submit(score, index, batch, sims)))
+            while len(pending) > 2 * max(1, options.workers) or (pending and pending[0][1].done()):
                 merge_oldest()
         while pending:
             merge_oldest()
     finally:
-        if workers is not None:
-            workers.shutdown(cancel_futures=True)
+        torch.set_num_threads(threads)
+        if scoring is not None:
+            scoring.shutdown(cancel_futures=True)
     bar.close()
     if ctx.active:  # rank 0 merges every rank's scores, Q-Q samples and maps, and alone writes
         parts = ctx.gather(merged)
