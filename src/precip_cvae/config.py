@@ -210,7 +210,8 @@ class EvaluateConfig:
 
     ``baselines``: any of analog, climatology, oracle; ``oracle``: the oracle file (default: the one `prepare`
     recorded); ``qq_values``: values kept for the Q-Q figure; ``maps``: heaviest days drawn as maps; ``workers``:
-    processes that score batches while this one draws (0: score here).
+    processes that score batches while this one draws (0: a thread of this one scores them beside the draws, or on
+    a GPU the GPU that draws them).
     """
 
     split: str = "test"
