@@ -408,6 +408,28 @@ def test_a_finished_run_is_kept_across_sample_stores_only_where_its_arm_reads_no
                            "baseline")  # fmt: skip
 
 
+def test_runs_of_another_precision_are_not_pooled():
+    """A run records the precision its steps computed in: float32 on a CPU whatever train.amp says, bfloat16 on CUDA
+    under train.amp. Runs made before it was recorded have it inferred from their device."""
+    from precip_cvae.downstream.experiment import check_run_settings, precision_name
+    from precip_cvae.errors import InputError
+    from precip_cvae.loop import Precision
+
+    assert precision_name(Precision.for_device(torch.device("cpu"), True)) == "float32"
+    assert precision_name(Precision(torch.bfloat16)) == "bfloat16"
+    gpu = {"steps": 10, "train.amp": True, "precision": "bfloat16"}
+    cpu = {**gpu, "precision": "float32"}
+    old_cpu_run = {"settings": {"steps": 10, "train.amp": True}, "cost": {"device": "cpu"}}
+    old_gpu_run = {"settings": {"steps": 10, "train.amp": True}, "cost": {"device": "cuda:0"}}
+    check_run_settings(Path("baseline_seed0.json"), old_cpu_run, cpu, "baseline")
+    check_run_settings(Path("baseline_seed0.json"), old_gpu_run, gpu, "baseline")
+    check_run_settings(Path("baseline_seed0.json"), {"settings": cpu}, cpu, "baseline")
+    with pytest.raises(InputError, match="precision 'float32' there, 'bfloat16' now.*train.amp=false"):
+        check_run_settings(Path("baseline_seed0.json"), old_cpu_run, gpu, "baseline")
+    with pytest.raises(InputError, match="precision 'bfloat16' there, 'float32' now"):
+        check_run_settings(Path("baseline_seed0.json"), {"settings": gpu}, cpu, "baseline")
+
+
 def _baseline_run(prepared, tmp_path, *overrides):
     """A tiny baseline-arm setup on the prepared case: the config (with ``overrides``), data, examples and plan."""
     from precip_cvae.config import load_config

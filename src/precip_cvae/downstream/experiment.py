@@ -888,7 +888,7 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
     remove_temporaries(out_dir, runs_dir)  # left by a killed run
     skipped = {arm: why for arm, why in plans.items() if isinstance(why, str)}
     runs = [(arm, s) for arm, p in plans.items() if isinstance(p, ArmPlan) for s in range(options.seeds)]
-    settings = run_settings(options, config, data, examples)
+    settings = run_settings(options, config, data, examples, device)
     finished = {
         run: json.loads(run_path(runs_dir, *run).read_text()) for run in runs if run_path(runs_dir, *run).is_file()
     }
@@ -1001,16 +1001,31 @@ def _total_and_mean(name: str, values: list[float]) -> dict:
 RUN_INDEPENDENT = ("arms", "seeds", "jobs", "source", "channels_last", "cudnn_benchmark")
 
 
-def run_settings(options: ExperimentConfig, config: Config, data: PreparedData, examples: Examples) -> dict:
-    """What a finished run's numbers depend on: the ``experiment`` keys but :data:`RUN_INDEPENDENT`, the precision
-    (``train.amp``), and the hashes of the dataset's metadata and of the sample store's manifest (not its path)."""
+def run_settings(options: ExperimentConfig, config: Config, data: PreparedData, examples: Examples,
+                 device: torch.device) -> dict:  # fmt: skip
+    """What a finished run's numbers depend on: the ``experiment`` keys but :data:`RUN_INDEPENDENT`, ``train.amp``
+    and the precision it gives on ``device`` (float32 on a CPU whatever ``train.amp`` says), and the hashes of the
+    dataset's metadata and of the sample store's manifest (not its path)."""
     store = examples.store.root / MANIFEST
     return {
         **{k: v for k, v in asdict(options).items() if k not in RUN_INDEPENDENT},
         "train.amp": config.train.amp,
+        "precision": precision_name(Precision.for_device(device, config.train.amp)),
         "metadata_sha256": data.metadata_sha256,
         "samples_sha256": content_sha256(store) if store.is_file() else None,
     }
+
+
+def precision_name(precision: Precision) -> str:
+    """The dtype a run's steps compute in: "float32", or the autocast dtype ("bfloat16", "float16")."""
+    return str(precision.dtype or torch.float32).removeprefix("torch.")
+
+
+def _recorded_precision(record: dict) -> str:
+    """The precision of a run recorded before runs recorded it: float32 on a CPU, bfloat16 on CUDA under
+    ``train.amp`` (a GPU without bf16 ran float16, which the record cannot tell)."""
+    on_cuda = str(record.get("cost", {}).get("device", "cpu")).startswith("cuda")
+    return "bfloat16" if on_cuda and record.get("settings", {}).get("train.amp") else "float32"
 
 
 def check_run_settings(path: Path, record: dict, settings: dict, arm: str) -> None:
@@ -1020,13 +1035,16 @@ def check_run_settings(path: Path, record: dict, settings: dict, arm: str) -> No
     recorded = record.get("settings")
     if recorded is None:
         raise InputError(f"{path}: this run records no settings (an older version made it); use another --out")
+    if "precision" not in recorded:
+        recorded = {**recorded, "precision": _recorded_precision(record)}
     # through JSON, as they were stored: tuples become lists
     differ = [k for k, v in json.loads(json.dumps(settings)).items() if recorded.get(k, "(absent)") != v
               and not (k == "samples_sha256" and arm in SAMPLE_FREE_ARMS)]  # fmt: skip
     if differ:
         shown = ", ".join(f"{k} {recorded.get(k, '(absent)')!r} there, {settings[k]!r} now" for k in differ[:3])
-        raise InputError(f"{path}: this finished run was made under other settings ({shown}); use another --out, "
-                         "or delete its runs/ to train them again")  # fmt: skip
+        hint = " (train.amp=false trains in float32 on a GPU too)" if "precision" in differ else ""
+        raise InputError(f"{path}: this finished run was made under other settings ({shown}){hint}; use another "
+                         "--out, or delete its runs/ to train them again")  # fmt: skip
 
 
 #: A worker process's dataset, examples, plans and settings (``experiment.jobs`` > 1), set once by _start_worker.
