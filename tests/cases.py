@@ -96,3 +96,18 @@ def write_srdrn_case(root: Path, case: dict, n_train: int) -> Path:
     np.save(root / "dates_train.npy", dates[:n_train])
     np.save(root / "dates_test.npy", dates[n_train:])
     return root
+
+
+def record_auto_batches(monkeypatch) -> dict[int, float]:
+    """The training samples/s that ``train.batch_size=auto`` measures, by batch, filled in as it chooses."""
+    from precip_cvae import batching
+
+    measured, choose = {}, batching.choose_batch
+
+    def recorded(rate, largest):
+        batch, rates = choose(rate, largest)
+        measured.update(rates)
+        return batch, rates
+
+    monkeypatch.setattr(batching, "choose_batch", recorded)
+    return measured

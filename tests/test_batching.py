@@ -14,7 +14,7 @@ from precip_cvae.batching import AUTO_GAIN, choose_batch, resolve, scaled_lr
 from precip_cvae.config import load_config
 from precip_cvae.errors import InputError
 from precip_cvae.train import Trainer, cvae_forward, fit
-from tests.cases import TINY_MODEL
+from tests.cases import TINY_MODEL, record_auto_batches
 
 
 def test_the_learning_rate_scales_by_each_rule():
@@ -110,19 +110,13 @@ def test_auto_measures_its_batches_while_the_trainer_is_built(prepared, tmp_path
     """What a GPU does, here on the CPU: ``auto`` times training steps of the run's own model (its prior draws
     included) before the compiled step and the run's loss exist (it failed on CUDA with an AttributeError)."""
     monkeypatch.setattr(batching, "MEASURED_ON", ("cpu",))
-    seen, measured = [], {}
+    seen, measured = [], record_auto_batches(monkeypatch)
 
     def forward(self, *args):
         seen.append(self.n_prior)
         return cvae_forward(*args, self.n_prior)
 
-    def choose(rate, largest):
-        batch, rates = choose_batch(rate, largest)
-        measured.update(rates)
-        return batch, rates
-
     monkeypatch.setattr(Trainer, "forward", forward)
-    monkeypatch.setattr(batching, "choose_batch", choose)
     config = load_config(None, [f"data.data_root={prepared}", f"data.outputs_root={tmp_path}", *TINY_MODEL,
                                 "train.batch_size=auto", "loss.crps_weight=1", "loss.crps_members=2"])  # fmt: skip
     trainer = Trainer(config, progress=False)

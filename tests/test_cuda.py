@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cases import TINY_MODEL
+from tests.cases import TINY_MODEL, record_auto_batches
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -76,17 +76,9 @@ def test_the_downstream_experiment_gives_the_same_numbers_on_cuda_as_on_the_cpu(
 
 
 def test_auto_batch_is_measured_on_the_gpu(prepared, tmp_path, monkeypatch):
-    from precip_cvae import batching
     from precip_cvae.train import Trainer
 
-    measured, choose = {}, batching.choose_batch
-
-    def recorded(rate, largest):
-        batch, rates = choose(rate, largest)
-        measured.update(rates)
-        return batch, rates
-
-    monkeypatch.setattr(batching, "choose_batch", recorded)
+    measured = record_auto_batches(monkeypatch)
     config = _config(prepared, tmp_path, "train.device=cuda", "train.amp=true", "train.batch_size=auto",
                      "train.lr_scaling=sqrt")  # fmt: skip
     trainer = Trainer(config, progress=False)

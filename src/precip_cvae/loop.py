@@ -40,6 +40,11 @@ class Precision:
             return cls(torch.bfloat16)
         return cls(torch.float16, torch.amp.GradScaler("cuda"))
 
+    @property
+    def name(self) -> str:
+        """The dtype the steps compute in: "float32", or the autocast dtype ("bfloat16", "float16")."""
+        return str(self.dtype or torch.float32).removeprefix("torch.")
+
 
 def train_step(
     model: torch.nn.Module,

@@ -411,12 +411,12 @@ def test_a_finished_run_is_kept_across_sample_stores_only_where_its_arm_reads_no
 def test_runs_of_another_precision_are_not_pooled():
     """A run records the precision its steps computed in: float32 on a CPU whatever train.amp says, bfloat16 on CUDA
     under train.amp. Runs made before it was recorded have it inferred from their device."""
-    from precip_cvae.downstream.experiment import check_run_settings, precision_name
+    from precip_cvae.downstream.experiment import check_run_settings
     from precip_cvae.errors import InputError
     from precip_cvae.loop import Precision
 
-    assert precision_name(Precision.for_device(torch.device("cpu"), True)) == "float32"
-    assert precision_name(Precision(torch.bfloat16)) == "bfloat16"
+    assert Precision.for_device(torch.device("cpu"), True).name == "float32"
+    assert Precision(torch.bfloat16).name == "bfloat16"
     gpu = {"steps": 10, "train.amp": True, "precision": "bfloat16"}
     cpu = {**gpu, "precision": "float32"}
     old_cpu_run = {"settings": {"steps": 10, "train.amp": True}, "cost": {"device": "cpu"}}

@@ -1010,15 +1010,10 @@ def run_settings(options: ExperimentConfig, config: Config, data: PreparedData, 
     return {
         **{k: v for k, v in asdict(options).items() if k not in RUN_INDEPENDENT},
         "train.amp": config.train.amp,
-        "precision": precision_name(Precision.for_device(device, config.train.amp)),
+        "precision": Precision.for_device(device, config.train.amp).name,
         "metadata_sha256": data.metadata_sha256,
         "samples_sha256": content_sha256(store) if store.is_file() else None,
     }
-
-
-def precision_name(precision: Precision) -> str:
-    """The dtype a run's steps compute in: "float32", or the autocast dtype ("bfloat16", "float16")."""
-    return str(precision.dtype or torch.float32).removeprefix("torch.")
 
 
 def _recorded_precision(record: dict) -> str:
