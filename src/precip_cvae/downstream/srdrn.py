@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from precip_cvae import slices
+from precip_cvae.convs import conv_with_statics, single_output_conv
 
 __all__ = ["SRDRN", "count_parameters", "recalibrate_batchnorm", "set_bn_momentum", "upsampling_factors"]
 
@@ -214,20 +215,30 @@ class SRDRN(nn.Module):
         return monotone_quantiles(raw) if self.n_outputs > 1 else raw
 
     def _fine(self, x: torch.Tensor, statics: torch.Tensor | None) -> torch.Tensor:
-        """Upsampling, the crop, the static maps and the last two convolutions: (B, F, h, w) -> (B, n_outputs, H, W)."""
-        x = center_crop(self.upsample(x), self.hr_shape)
-        if statics is not None:
-            x = torch.cat([x, statics], dim=1)
-        return self.final(self.fuse(x))
+        """Upsampling, the crop, the static maps and the last two convolutions: (B, F, h, w) -> (B, n_outputs, H, W).
+
+        The last stage's PReLU acts on each pixel alone, so it runs after the crop, on the pixels kept; the fusion
+        convolution of [x; statics] is computed without the concatenation and the last convolution, to one channel,
+        as per-channel convolutions on a CPU (:mod:`precip_cvae.convs`): the same function, on fewer pixels."""
+        if self.factors:
+            for stage in self.upsample[:-1]:
+                x = stage(x)
+            last = self.upsample[-1]
+            x = last.act(center_crop(last.shuffle(last.conv(x)), self.hr_shape))
+        else:
+            x = center_crop(x, self.hr_shape)
+        conv, act = self.fuse
+        x = act(conv(x) if statics is None else conv_with_statics(conv, x, statics))
+        return single_output_conv(self.final, x)
 
     def _check_statics(self, statics: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-        """Statics (B or 1, S, H, W) -> (B, S, H, W) in ``x``'s dtype and device (a view when given once)."""
+        """Statics (B or 1, S, H, W) in ``x``'s dtype and device (given once, they stay once: see :meth:`_fine`)."""
         expected = (self.n_statics, *self.hr_shape)
         if statics is None:
             raise ValueError(f"this SRDRN needs statics of shape (B or 1, {', '.join(map(str, expected))})")
         if statics.ndim != 4 or tuple(statics.shape[1:]) != expected or statics.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"statics: expected (B or 1, {', '.join(map(str, expected))}), got {statics.shape}")
-        return statics.to(dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1, -1)
+        return statics.to(dtype=x.dtype, device=x.device)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from precip_cvae import slices
+from precip_cvae.convs import conv_with_statics
 from precip_cvae.model._layers import (
     DECODER_WIDTH_CAP,
     _center_crop,
@@ -236,18 +237,13 @@ class Decoder(nn.Module):
         return max(sizes) * x.element_size()
 
     def _head_conv(self, x: torch.Tensor, statics: torch.Tensor | None) -> torch.Tensor:
-        """The head's first convolution of [x; statics] (statics concatenated when ``use_statics``).
-
-        A convolution of concatenated channels is the sum of the convolutions of each part with its slice of the
-        kernel, so the static maps, the same for every day of a batch when given once as (1, S_ch, H, W), are
-        convolved once per batch and broadcast rather than copied B times into a concatenated map (on a CPU that
-        concatenation and its conversion to channels-last took a third of a draw's time)."""
+        """The head's first convolution of [x; statics] (statics concatenated when ``use_statics``), without the
+        concatenation: static maps given once are convolved once per batch
+        (:func:`precip_cvae.convs.conv_with_statics`)."""
         conv = self.head[0]
         if not self.use_statics:
             return conv(x)
         if statics is None:
             raise ValueError("this decoder was built with decoder_statics=True and needs the static maps")
-        c = x.shape[1]
-        fields = F.conv2d(x, conv.weight[:, :c], conv.bias, padding=1)
         _check_statics_batch(statics, x.shape[0])
-        return fields + F.conv2d(statics.to(x.dtype), conv.weight[:, c:], None, padding=1)
+        return conv_with_statics(conv, x, statics)
