@@ -9,10 +9,10 @@
 # each) until SECONDS after the start (default 540), when they are stopped: finished runs are kept, and
 # `downstream.sh` skips them when run again on the same work directory. Logs and JSON go to OUT, the datasets, generators
 # and experiments to WORK/synthetic and WORK/fraser (WORK: OUT). Environment: SHARED (../shared/data beside the
-# checkout), JOBS_SYNTHETIC (8), JOBS_FRASER (4), RECIPE_EXTRA (experiment overrides added to both, e.g.
-# "experiment.channels_last=true"), DEVICE (cuda), STAGES (tests bench speed experiments: any of them, in this order),
-# BENCH_ARGS (run.py's projection and compile mode: "--batch auto --epoch-days 1000 --compile reduce-overhead
-# --projection-compile reduce-overhead").
+# checkout), DATASETS (the experiments run: "synthetic fraser"), JOBS_SYNTHETIC (8), JOBS_FRASER (4), RECIPE_EXTRA
+# (experiment overrides added to both, e.g. "experiment.channels_last=true"), DEVICE (cuda), STAGES (tests bench speed
+# experiments: any of them, in this order), BENCH_ARGS (run.py's projection and compile mode: "--batch auto
+# --epoch-days 1000 --compile reduce-overhead --projection-compile reduce-overhead").
 set -uo pipefail
 out=${1:?output directory}
 seconds=${2:-540}
@@ -44,7 +44,7 @@ case " $stages " in *" speed "*)
 esac
 case " $stages " in *" experiments "*)
   base="experiment.batch_size=64 experiment.lr=0.003 experiment.ema_warmup=true experiment.schedule=cosine"
-  for name in synthetic fraser; do
+  for name in ${DATASETS:-synthetic fraser}; do
     jobs=JOBS_${name^^}
     [ "$name" = synthetic ] && default_jobs=8 || default_jobs=4
     DEVICE=$device JOBS=${!jobs:-$default_jobs} RECIPE="$base ${RECIPE_EXTRA:-}" \
@@ -52,8 +52,8 @@ case " $stages " in *" experiments "*)
   done
   while [ "$(jobs -r | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do
     sleep 30
-    echo "[$(($(date +%s) - start)) s] runs finished: synthetic $(ls "$work"/synthetic/experiment/runs/*_seed?.json \
-      2>/dev/null | wc -l), fraser $(ls "$work"/fraser/experiment/runs/*_seed?.json 2>/dev/null | wc -l)"
+    echo "[$(($(date +%s) - start)) s] runs finished: $(for name in ${DATASETS:-synthetic fraser}; do
+      echo -n "$name $(ls "$work/$name"/experiment/runs/*_seed?.json 2>/dev/null | wc -l) "; done)"
   done
   wait ;;
 esac
