@@ -119,3 +119,19 @@ def test_scores_on_the_gpu_equal_numpy_day_by_day():
     on_gpu.add_tensors(ens, obs, mask)
     on_cpu.add_tensors(ens.cpu(), obs.cpu(), mask.cpu())
     assert_same_scores(on_cpu, on_gpu, days=5)
+
+
+def test_group_norm_stays_in_bf16_where_cuda_autocast_upcasts_it():
+    # the premise of model._layers.GroupNorm: CUDA's autocast runs a plain GroupNorm in float32 (and the map after it
+    # stays float32 until the next convolution); the model's layer keeps bf16, within bf16's rounding of float32
+    from precip_cvae.model._layers import GroupNorm
+
+    torch.manual_seed(0)
+    norm = GroupNorm(4, 16).cuda()
+    plain = torch.nn.GroupNorm(4, 16).cuda()
+    plain.load_state_dict(norm.state_dict())
+    x = torch.randn(2, 16, 32, 24, device="cuda").to(torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        upcast, kept = plain(x), norm(x)
+    assert upcast.dtype == torch.float32 and kept.dtype == torch.bfloat16
+    torch.testing.assert_close(kept.float(), upcast, rtol=0, atol=0.05)

@@ -425,3 +425,38 @@ def test_the_fine_tail_over_slices_of_the_batch_is_the_whole_batchs_forward_and_
     tiny, _ = run(1)  # a budget below one field: one field at a time
     torch.testing.assert_close(tiny, whole, rtol=0, atol=1e-12)
     assert calls == [1] * 5
+
+
+def test_group_norm_keeps_bf16_under_autocast_where_autocast_would_upcast_it(monkeypatch):
+    # On CUDA, autocast runs group_norm in float32 (tests/test_cuda.py checks that premise); the model's GroupNorm then
+    # normalizes bf16 maps in bf16. A CPU's autocast keeps the type, so the path is exercised here by declaring the CPU
+    # an upcasting device; float32 reference: the plain layer on the same (bf16-rounded) input.
+    from precip_cvae.model import _layers
+    from precip_cvae.model.decoder import UpBlock
+
+    torch.manual_seed(0)
+    norm = _layers.GroupNorm(4, 16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    plain = torch.nn.GroupNorm(4, 16)
+    plain.load_state_dict(norm.state_dict())
+    x = (torch.randn(3, 16, 12, 10) * 3 + 1).to(torch.bfloat16)
+    torch.testing.assert_close(norm(x.float()), plain(x.float()), rtol=0, atol=0)  # no autocast: the plain layer
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(norm(x), plain(x))  # the CPU is not an upcasting device: the plain layer
+    monkeypatch.setattr(_layers, "GROUP_NORM_UPCAST", {"cuda", "cpu"})
+    weights = torch.randn(3, 16, 12, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x)
+    assert out.dtype == torch.bfloat16
+    reference = plain(x.float())
+    torch.testing.assert_close(out.float(), reference, rtol=0, atol=0.05)  # bf16 keeps 8 bits: 1/128 of ~3
+    assert (out.float() - reference).abs().max() > 0  # it did run in bf16
+    got = torch.autograd.grad((out.float() * weights).sum(), [norm.weight, norm.bias])
+    expected = torch.autograd.grad((reference * weights).sum(), [plain.weight, plain.bias])
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0.02, atol=0.5)
+    block = UpBlock(8, 16, 4)
+    assert isinstance(block.norm1, _layers.GroupNorm) and isinstance(block.norm2, _layers.GroupNorm)
