@@ -14,6 +14,8 @@ Rows, each a ratio measured in the same run on the same machine:
   ``experiment.cudnn_benchmark`` and ``train.amp`` (bf16 autocast), alone and together (the last two on a GPU only);
   on a CPU, the fine grid's layers computed on the whole batch at once rather than over slices of it that fit the
   caches (:mod:`precip_cvae.slices`; below 1: the slices help);
+- on a CPU, SRDRN's last layer (a convolution to one channel) as one convolution ÷ as per-channel convolutions summed
+  (:func:`precip_cvae.convs.single_output_conv`, the default on a CPU; channels-last both; below 1: per channel helps);
 - on a CPU, one process with glibc's default heap ÷ one that keeps its freed maps (:mod:`precip_cvae.heap`, what
   every precip-cvae process does; below 1: keeping them helps);
 - the steps/s of N processes at once, summed, each training its own SRDRN in NCHW (as
@@ -162,9 +164,11 @@ def main() -> None:
                 ("bf16 autocast (train.amp)", dict(amp=True), False),
                 ("bf16 + channels_last + cudnn_benchmark", dict(channels_last=True, amp=True), True),
             ]
+        measured = {}
         for name, kwargs, autotune in variants:
             torch.backends.cudnn.benchmark = autotune
-            row(f"{label}: {name}", steps_per_s(geometry, device, args.steps, **kwargs), base, "NCHW")
+            measured[name] = steps_per_s(geometry, device, args.steps, **kwargs)
+            row(f"{label}: {name}", measured[name], base, "NCHW")
         if not gpu:  # the default computes the fine grid over slices of the batch on a CPU (precip_cvae.slices)
             from precip_cvae import slices
 
@@ -174,6 +178,16 @@ def main() -> None:
             finally:
                 slices.CACHE_BYTES = budget
             row(f"{label}: NCHW, the whole batch at once (no slices)", whole, base, "NCHW in slices")
+            from precip_cvae import convs  # the last layer, to one channel, per channel on a CPU (the default)
+
+            convs.PER_CHANNEL_ON_CPU = False
+            try:
+                one_conv = steps_per_s(geometry, device, args.steps, channels_last=True)
+            finally:
+                convs.PER_CHANNEL_ON_CPU = True
+            per_channel = measured["channels_last (experiment's default on a CPU)"]
+            row(f"{label}: channels_last, the last layer as one convolution", one_conv, per_channel,
+                "per channel (< 1: per channel helps)")  # fmt: skip
         torch.backends.cudnn.benchmark = False
         one = concurrent_steps_per_s(geometry, device, args.steps, 1)
         row(f"{label}: 1 process (spawned, all cores)", one, None, "")

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from precip_cvae import convs
 from precip_cvae.convs import conv_with_statics, single_output_conv
 from precip_cvae.downstream.srdrn import SRDRN, center_crop
 
@@ -67,6 +68,11 @@ def test_single_output_conv_leaves_other_layers_as_they_are(monkeypatch):
     assert calls == ["layer"] * 4  # never the per-channel form
     single_output_conv(nn.Conv2d(4, 1, 3, padding=1), x)
     assert calls[-1] == 4  # per-channel: groups = the input channels
+    monkeypatch.setattr(convs, "PER_CHANNEL_ON_CPU", False)  # the benchmark's reference: the layer as it is
+    layer = nn.Conv2d(4, 1, 3, padding=1)
+    monkeypatch.setattr(layer, "forward", lambda x: calls.append("layer") or x)
+    single_output_conv(layer, x)
+    assert calls[-1] == "layer"
 
 
 def _fine_as_laid_out(model: SRDRN, x: torch.Tensor, statics: torch.Tensor | None) -> torch.Tensor:

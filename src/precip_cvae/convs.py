@@ -12,7 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["conv_with_statics", "single_output_conv"]
+__all__ = ["PER_CHANNEL_ON_CPU", "conv_with_statics", "single_output_conv"]
+
+#: whether :func:`single_output_conv` computes per channel on a CPU (``benchmarks/srdrn_speed.py`` turns it off for
+#: the reference it measures against)
+PER_CHANNEL_ON_CPU = True
 
 
 def conv_with_statics(conv: nn.Conv2d, x: torch.Tensor, statics: torch.Tensor) -> torch.Tensor:
@@ -45,8 +49,8 @@ def single_output_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     or with more output channels (per-channel convolutions for 4 outputs were 2-4 × slower), the layer runs as it
     is.
     """
-    if (x.device.type != "cpu" or conv.out_channels != 1 or conv.groups != 1 or conv.stride != (1, 1)
-            or conv.padding_mode != "zeros" or isinstance(conv.padding, str)):  # fmt: skip
+    if (not PER_CHANNEL_ON_CPU or x.device.type != "cpu" or conv.out_channels != 1 or conv.groups != 1
+            or conv.stride != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str)):  # fmt: skip
         return conv(x)
     c = x.shape[1]
     per_channel = F.conv2d(x, conv.weight.reshape(c, 1, *conv.weight.shape[2:]), None, 1, conv.padding,
