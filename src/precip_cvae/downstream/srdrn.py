@@ -210,7 +210,9 @@ class SRDRN(nn.Module):
             statics = None
         # on a CPU the fine grid's layers run over slices of the batch that fit the caches (precip_cvae.slices)
         pixels = math.prod(self.lr_shape) * math.prod(self.factors) ** 2
-        n = slices.rows(x, self.fuse[0].in_channels * pixels * x.element_size())  # its largest map: fuse's input
+        # per field: the fusion's F + S input channels on the uncropped upsampled grid, a bound on the largest map
+        # (the last stage's F channels there; the fusion no longer concatenates, see _fine)
+        n = slices.rows(x, self.fuse[0].in_channels * pixels * x.element_size())
         raw = slices.over_slices(self._fine, n, x, statics)
         return monotone_quantiles(raw) if self.n_outputs > 1 else raw
 
