@@ -12,12 +12,14 @@
 # and RECIPE (the experiment's overrides), each by default what the dataset's measured run used (below), EPOCHS (the
 # generator's: synthetic 12, eobs 30, fraser 10), PRESERVE_MASS (sample --preserve-mass: none, domain or cells; none),
 # SHARED (../shared/data beside the checkout), SYNTH_ARGS (--days 6000 --test-fraction 0.6 --oracle-members 2: the
-# experiment does not use the oracle).
+# experiment does not use the oracle), UNTIL (data, generator or samples: stop after that stage, e.g. to make the
+# generator and its samples on a CPU and carry WORKDIR to a GPU for the runs alone).
 set -euo pipefail
 name=${1:?dataset: synthetic, eobs or fraser}
 work=${2:?work directory}
 here=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$here/../shared/data}
+case ${UNTIL:-} in ""|data|generator|samples) ;; *) echo "UNTIL=$UNTIL: data, generator or samples" >&2; exit 2 ;; esac
 # The budgets were chosen on validation days (README, "The downstream experiment"): E-OBS converged in 2000 steps of
 # the config's defaults (batch 16, learning rate 1e-3) and needed 10 seeds for a 10 % MDE. Fraser was still improving
 # by 9-15 % over the last quarter of 4000 such steps; 6000 steps of 64 days at 3e-3 with a cosine decay and the weight
@@ -49,6 +51,7 @@ if [ ! -f "$work/data/metadata/summary.json" ]; then
     *) echo "unknown dataset $name (synthetic, eobs, fraser)" >&2; exit 2 ;;
   esac
 fi
+[ "${UNTIL:-}" = data ] && exit 0
 declare -A default_epochs=([synthetic]=12 [eobs]=30 [fraser]=10)
 EPOCHS=${EPOCHS:-${default_epochs[$name]}}
 run=$work/generator
@@ -59,6 +62,7 @@ if [ ! -f "$run/.done" ]; then
     train.warmup_epochs=3 train.save_every=1000 --quiet
   touch "$run/.done"
 fi
+[ "${UNTIL:-}" = generator ] && exit 0
 # the paths of this work directory, also for a generator trained elsewhere and copied into $run (a generator is tied to
 # its data by the grids and the normalization, which the training period alone decides)
 here_paths="data.data_root=$work/data data.outputs_root=$run"
@@ -73,6 +77,7 @@ else
   $P sample --config "$run/config.yaml" --mode posterior --K 4 --days heavy_only --preserve-mass "$PRESERVE_MASS" \
     --quiet $here_paths
 fi
+[ "${UNTIL:-}" = samples ] && exit 0
 $P experiment --config "$run/config.yaml" --seeds $SEEDS --steps $STEPS --filters 16 --blocks 4 --device $DEVICE \
   --jobs $JOBS --out "$work/experiment" --quiet $here_paths \
   experiment.arms=[baseline,augment,oversample,reweight,quantile,quantile_augment,augment_newx,augment_pairs] $RECIPE

@@ -73,17 +73,20 @@ def test_same_seed_same_samples(trained, tmp_path):
     checkpoint = Path(trained.data.outputs_root) / "checkpoints" / "cvae_best.pt"
     assert manifest["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert len(manifest["metadata_sha256"]) == 64
+    from precip_cvae.data.dataset import REPORT_FILES
     from precip_cvae.fileio import content_sha256
 
     meta = Path(trained.data.data_root) / "metadata"
-    assert content_sha256(meta) == manifest["metadata_sha256"]
+    assert content_sha256(meta, exclude=REPORT_FILES) == manifest["metadata_sha256"]
     copy = tmp_path / "meta"
     copy.mkdir()
     for f in meta.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
-    assert content_sha256(copy) == manifest["metadata_sha256"]
+    assert content_sha256(copy, exclude=REPORT_FILES) == manifest["metadata_sha256"]
+    (copy / "summary.txt").write_text("prepared dataset: elsewhere")  # the report: not the data
+    assert content_sha256(copy, exclude=REPORT_FILES) == manifest["metadata_sha256"]
     (copy / "thresholds.json").write_text((copy / "thresholds.json").read_text() + " ")  # one byte more
-    assert content_sha256(copy) != manifest["metadata_sha256"]
+    assert content_sha256(copy, exclude=REPORT_FILES) != manifest["metadata_sha256"]
 
 
 def test_posterior_samples_are_closer_to_their_day_than_prior_samples(trained, tmp_path):

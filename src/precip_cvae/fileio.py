@@ -14,7 +14,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from glob import escape as glob_escape
 from pathlib import Path
@@ -253,16 +253,16 @@ def staged_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
             _fsync(final.parent)
 
 
-def content_sha256(*paths: str | os.PathLike) -> str:
+def content_sha256(*paths: str | os.PathLike, exclude: Collection[str] = ()) -> str:
     """SHA-256 of the files' bytes, in the order given (a file's alone is what ``sha256sum`` prints); a directory
-    stands for its files, sorted by name, each preceded by its name: what a manifest records of the checkpoint and
-    the dataset it was made from."""
+    stands for its files, sorted by name, each preceded by its name, but those named in ``exclude``: what a manifest
+    records of the checkpoint and the dataset it was made from."""
     import hashlib
 
     digest = hashlib.sha256()
     for path in map(Path, paths):
         named = path.is_dir()
-        for file in sorted(p for p in path.iterdir() if p.is_file()) if named else [path]:
+        for file in sorted(p for p in path.iterdir() if p.is_file() and p.name not in exclude) if named else [path]:
             if named:
                 digest.update(file.name.encode() + b"\0")
             with open(file, "rb") as fh:

@@ -59,6 +59,39 @@ def test_layout_shapes_splits_and_thresholds(tmp_path, tiny_case, tiny_netcdf):
     assert not np.load(data / "statics" / "valid_mask.npy")[~land].any()
 
 
+def test_the_same_files_prepared_elsewhere_are_the_same_dataset(tmp_path, tiny_case):
+    """The dataset's hash (what sample stores and experiment runs record) leaves out `prepare`'s report, which names
+    where the input files were and where it wrote: copies of the input prepared into two folders hash alike, a store
+    drawn for one is used with the other, and a store that recorded the whole folder's hash (before the report was
+    left out) is still taken. Other data, or other options, hash differently."""
+    import shutil
+
+    from precip_cvae.data.dataset import PreparedData
+    from precip_cvae.data.sample_store import SampleStore
+    from precip_cvae.errors import InputError
+    from precip_cvae.fileio import content_sha256
+
+    first = write_netcdf_case(tmp_path / "a" / "nc", tiny_case)
+    second = {k: tmp_path / "b" / "elsewhere" / v.name for k, v in first.items()}
+    shutil.copytree(first["highres"].parent, second["highres"].parent)
+    _prepare_nc(first, tmp_path / "one")
+    _prepare_nc(second, tmp_path / "two")
+    one, two = PreparedData(tmp_path / "one" / "data"), PreparedData(tmp_path / "two" / "data")
+    assert _load(tmp_path / "one", "summary.json")["input"] != _load(tmp_path / "two", "summary.json")["input"]
+    assert one.metadata_sha256 == two.metadata_sha256
+    assert content_sha256(one.root / "metadata") != content_sha256(two.root / "metadata")  # the reports differ
+    store = tmp_path / "store"
+    store.mkdir()
+    for recorded in (one.metadata_sha256, content_sha256(two.root / "metadata")):
+        (store / "manifest.json").write_text(json.dumps({"metadata_sha256": recorded, "samples": []}))
+        assert SampleStore(store, two).manifest()["metadata_sha256"] == recorded
+    (store / "manifest.json").write_text(json.dumps({"metadata_sha256": content_sha256(one.root / "metadata")}))
+    with pytest.raises(InputError, match="drawn for another dataset"):  # the other folder's report: not this one's
+        SampleStore(store, two).manifest()
+    _prepare_nc(second, tmp_path / "three", heavy_quantile=0.9)
+    assert PreparedData(tmp_path / "three" / "data").metadata_sha256 != one.metadata_sha256
+
+
 def test_categories_follow_the_documented_rule(tmp_path):
     case = make_case(n_days=40)
     land = case["land"]

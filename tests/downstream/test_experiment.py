@@ -382,7 +382,16 @@ def test_a_rerun_keeps_finished_runs_of_the_same_settings_and_refuses_others(pre
         with pytest.raises(InputError, match=f"baseline_seed0.json.*{key}"):
             run_experiment(config, replace(options, **change), out, progress=False)
     assert not (out / "runs" / "baseline_seed2.json").exists()
+    # a run recorded before prepare's report was left out of the dataset's hash (the whole folder's) is kept
+    from precip_cvae.data.dataset import PreparedData
+    from precip_cvae.fileio import content_sha256
+
     record = json.loads(first)
+    assert record["settings"]["metadata_sha256"] == PreparedData(prepared).metadata_sha256
+    record["settings"]["metadata_sha256"] = content_sha256(Path(prepared) / "metadata")
+    assert record["settings"]["metadata_sha256"] != PreparedData(prepared).metadata_sha256
+    (out / "runs" / "baseline_seed0.json").write_text(json.dumps(record))
+    run_experiment(config, options, out, progress=False)
     record["settings"]["metadata_sha256"] = "0" * 64
     (out / "runs" / "baseline_seed0.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match="metadata_sha256"):

@@ -16,6 +16,11 @@ from precip_cvae.data.source import find_oracle
 from precip_cvae.errors import InputError
 from precip_cvae.fileio import content_sha256, read_json
 
+#: Files of ``metadata/`` that report on the `prepare` run rather than define the data: where the input files were
+#: and the dataset was written (paths), the run's options and counts the other files determine. Outside
+#: :attr:`PreparedData.metadata_sha256`.
+REPORT_FILES = ("summary.json", "summary.txt")
+
 #: Static maps given to the model, in this order, and how each is scaled to order one.
 STATIC_SCALES = {"land_sea_mask": 1.0, "valid_mask": 1.0, "dist_to_coast_km": 100.0, "elevation": 1000.0}
 
@@ -168,9 +173,15 @@ class PreparedData:
 
     @functools.cached_property
     def metadata_sha256(self) -> str:
-        """The content hash of ``metadata/``: what a sample store or a metrics file records of the dataset it was
-        made from, and what a store is checked against."""
-        return content_sha256(self.root / "metadata")
+        """The content hash of ``metadata/`` but `prepare`'s report (:data:`REPORT_FILES`): what a sample store, an
+        experiment's run or a metrics file records of the dataset it was made from, and what a store is checked
+        against. The same input files prepared into another folder, or read from another copy, hash alike."""
+        return content_sha256(self.root / "metadata", exclude=REPORT_FILES)
+
+    def matches_metadata_sha256(self, recorded: str) -> bool:
+        """Whether a recorded metadata hash names this dataset: :attr:`metadata_sha256`, or the hash of the whole
+        folder, report included, which stores and runs recorded before the report was left out."""
+        return recorded == self.metadata_sha256 or recorded == content_sha256(self.root / "metadata")
 
     def check_days(self, ids: list[int]) -> None:
         """Refuse a dataset edited by hand before any work starts: every day of ``ids`` must have its two files,

@@ -58,7 +58,7 @@ class SampleStore:
         if self._manifest is None:
             manifest = read_json(self.root / MANIFEST)
             recorded = manifest.get("metadata_sha256")
-            if self.data is not None and recorded and recorded != self.data.metadata_sha256:
+            if self.data is not None and recorded and not self.data.matches_metadata_sha256(recorded):
                 raise InputError(
                     f"{self.root}: drawn for another dataset than {self.data.root} (the metadata hash in {MANIFEST} "
                     "differs); draw samples for this dataset with `precip-cvae sample`"
