@@ -8,8 +8,10 @@
 # synthetic benchmark and the Fraser basin side by side (benchmarks/downstream.sh: data, generator, samples, 40 runs
 # each) until SECONDS after the start (default 540), when they are stopped: finished runs are kept, and
 # `downstream.sh` skips them when run again on the same work directory. Logs and JSON go to OUT, the datasets, generators
-# and experiments to WORK/synthetic and WORK/fraser (WORK: OUT). Environment: SHARED (../shared/data beside the
-# checkout), DATASETS (the experiments run: "synthetic fraser"), JOBS_SYNTHETIC (8), JOBS_FRASER (4), RECIPE_EXTRA
+# and experiments to WORK/synthetic and WORK/fraser (WORK: OUT; a generator with its samples already in
+# WORK/<name>/generator, e.g. made on a CPU with downstream.sh's UNTIL=samples and carried, is used as it is).
+# Environment: SHARED (../shared/data beside the checkout), DATASETS (the experiments run: "synthetic fraser"),
+# JOBS_SYNTHETIC (8), JOBS_FRASER (4), RECIPE_EXTRA
 # (experiment overrides added to both, e.g. "experiment.channels_last=true"), DEVICE (cuda), STAGES (tests bench speed
 # experiments: any of them, in this order), BENCH_ARGS (run.py's projection and compile mode: "--batch auto
 # --epoch-days 1000 --compile reduce-overhead --projection-compile reduce-overhead").
