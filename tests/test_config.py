@@ -79,6 +79,13 @@ def test_every_stage_has_a_section_validated_before_work(tmp_path):
     for override, key in bad:
         with pytest.raises(InputError, match=key.replace(".", r"\.")):
             load_config(None, [override])
+    # a range check names its rule and the value it got
+    ranges = [("evaluate.K=1", "evaluate.K: must be >= 2, got 1"),
+              ("gate.max_mass_ratio=0.05", "gate.max_mass_ratio: must be > gate.min_mass_ratio, got 0.05"),
+              ("experiment.quantiles=[0.5,1.5]", r"must be each in \(0, 1\), got \(0.5, 1.5\)")]  # fmt: skip
+    for override, said in ranges:
+        with pytest.raises(InputError, match=said):
+            load_config(None, [override])
 
 
 def test_min_threshold_is_the_references_name_of_the_gates_mass_ratio():
