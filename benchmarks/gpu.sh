@@ -7,11 +7,11 @@
 # benchmarks/srdrn_speed.py --device cuda (each ratio measured in the same run), then the downstream experiments of the
 # synthetic benchmark and the Fraser basin side by side (benchmarks/downstream.sh: data, generator, samples, 40 runs
 # each) until SECONDS after the start (default 540), when they are stopped: finished runs are kept, and
-# `downstream.sh` skips them when run again on the same work directory. Logs and JSON go to OUT, the datasets, generators
-# and experiments to WORK/synthetic and WORK/fraser (WORK: OUT; a generator with its samples already in
-# WORK/<name>/generator, e.g. made on a CPU with downstream.sh's UNTIL=samples and carried, is used as it is).
-# Environment: SHARED (../shared/data beside the checkout), DATASETS (the experiments run: "synthetic fraser"),
-# JOBS_SYNTHETIC (8), JOBS_FRASER (4), RECIPE_EXTRA
+# `downstream.sh` skips them when run again on the same work directory. Logs, JSON and each experiment's report
+# (<name>_experiment.md and .json) go to OUT, the datasets, generators and experiments to WORK/synthetic and
+# WORK/fraser (WORK: OUT; a generator with its samples already in WORK/<name>/generator, e.g. made on a CPU with
+# downstream.sh's UNTIL=samples and carried, is used as it is). Environment: SHARED (../shared/data beside the
+# checkout), DATASETS (the experiments run: "synthetic fraser"), JOBS_SYNTHETIC (8), JOBS_FRASER (4), RECIPE_EXTRA
 # (experiment overrides added to both, e.g. "experiment.channels_last=true"), DEVICE (cuda), STAGES (tests bench speed
 # experiments: any of them, in this order), BENCH_ARGS (run.py's projection and compile mode: "--batch auto
 # --epoch-days 1000 --compile reduce-overhead --projection-compile reduce-overhead").
@@ -57,6 +57,11 @@ case " $stages " in *" experiments "*)
     echo "[$(($(date +%s) - start)) s] runs finished: $(for name in ${DATASETS:-synthetic fraser}; do
       echo -n "$name $(ls "$work/$name"/experiment/runs/*_seed?.json 2>/dev/null | wc -l) "; done)"
   done
-  wait ;;
+  wait
+  for name in ${DATASETS:-synthetic fraser}; do  # the reports come back with OUT (WORK may stay on the machine)
+    for f in experiment.md experiment.json; do
+      [ -f "$work/$name/experiment/$f" ] && cp "$work/$name/experiment/$f" "$out/${name}_$f"
+    done
+  done ;;
 esac
 echo "[$(($(date +%s) - start)) s] done; results in $out"
