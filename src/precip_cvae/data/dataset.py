@@ -178,10 +178,16 @@ class PreparedData:
         against. The same input files prepared into another folder, or read from another copy, hash alike."""
         return content_sha256(self.root / "metadata", exclude=REPORT_FILES)
 
+    @functools.cached_property
+    def _whole_metadata_sha256(self) -> str:
+        """The hash of the whole ``metadata/`` folder, report included: what stores and runs recorded before the
+        report was left out (hashed once, however many records it is compared with)."""
+        return content_sha256(self.root / "metadata")
+
     def matches_metadata_sha256(self, recorded: str) -> bool:
-        """Whether a recorded metadata hash names this dataset: :attr:`metadata_sha256`, or the hash of the whole
-        folder, report included, which stores and runs recorded before the report was left out."""
-        return recorded == self.metadata_sha256 or recorded == content_sha256(self.root / "metadata")
+        """Whether a recorded metadata hash names this dataset: :attr:`metadata_sha256`, or the whole folder's
+        (:attr:`_whole_metadata_sha256`)."""
+        return recorded in (self.metadata_sha256, self._whole_metadata_sha256)
 
     def check_days(self, ids: list[int]) -> None:
         """Refuse a dataset edited by hand before any work starts: every day of ``ids`` must have its two files,

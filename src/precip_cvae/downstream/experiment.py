@@ -893,11 +893,10 @@ def _run_experiment(config: Config, options: ExperimentConfig, out_dir: Path, pr
         run: json.loads(run_path(runs_dir, *run).read_text()) for run in runs if run_path(runs_dir, *run).is_file()
     }
     for run, record in finished.items():
-        recorded, current = record.get("settings") or {}, settings["metadata_sha256"]
-        if recorded.get("metadata_sha256", current) != current and data.matches_metadata_sha256(
-            recorded["metadata_sha256"]
-        ):  # recorded before prepare's report was left out of the hash
-            record = {**record, "settings": {**recorded, "metadata_sha256": current}}
+        recorded = record.get("settings") or {}
+        if "metadata_sha256" in recorded and data.matches_metadata_sha256(recorded["metadata_sha256"]):
+            # this dataset's hash, or the one recorded before prepare's report was left out of it
+            record = {**record, "settings": {**recorded, "metadata_sha256": settings["metadata_sha256"]}}
         check_run_settings(run_path(runs_dir, *run), record, settings, run[0])
     todo = [run for run in runs if run not in finished]
     if options.jobs > 1 and len(todo) > 1:
