@@ -3,18 +3,20 @@
 #
 #     bash benchmarks/gpu.sh OUT [SECONDS]
 #
-# In order: the CUDA tests (tests/test_cuda.py), benchmarks/run.py --quick --device cuda and
-# benchmarks/srdrn_speed.py --device cuda (each ratio measured in the same run), then the downstream experiments of the
-# synthetic benchmark and the Fraser basin side by side (benchmarks/downstream.sh: data, generator, samples, 40 runs
-# each) until SECONDS after the start (default 540), when they are stopped: finished runs are kept, and
-# `downstream.sh` skips them when run again on the same work directory. Logs, JSON and each experiment's report
-# (<name>_experiment.md and .json) go to OUT, the datasets, generators and experiments to WORK/synthetic and
-# WORK/fraser (WORK: OUT; a generator with its samples already in WORK/<name>/generator, e.g. made on a CPU with
-# downstream.sh's UNTIL=samples and carried, is used as it is). Environment: SHARED (../shared/data beside the
-# checkout), DATASETS (the experiments run: "synthetic fraser"), JOBS_SYNTHETIC (8), JOBS_FRASER (4), RECIPE_EXTRA
-# (experiment overrides added to both, e.g. "experiment.channels_last=true"), DEVICE (cuda), STAGES (tests bench speed
-# experiments: any of them, in this order), BENCH_ARGS (run.py's projection and compile mode: "--batch auto
-# --epoch-days 1000 --compile reduce-overhead --projection-compile reduce-overhead").
+# In order: the CUDA tests (tests/test_cuda.py), benchmarks/run.py --quick --device cuda and benchmarks/srdrn_speed.py
+# --device cuda (each ratio measured in the same run), then the downstream experiments of the synthetic benchmark and
+# the Fraser basin side by side (benchmarks/downstream.sh: data, generator, samples, 40 runs each) until SECONDS after
+# the start (default 540), when they are stopped: finished runs are kept, and `downstream.sh` skips them when run again
+# on the same work directory. Logs, JSON and each experiment's report (<name>_experiment.md and .json) go to OUT, the
+# datasets, generators and experiments to WORK/synthetic and WORK/fraser (WORK: OUT; a generator with its samples
+# already in WORK/<name>/generator, e.g. made on a CPU with downstream.sh's UNTIL=samples and carried, is used as it is;
+# GENERATORS: a folder whose <name>/generator is copied there first when WORK has none, so that a carried generator can
+# seed a WORK outside the checkout, e.g. /tmp/work, which a lent machine keeps between calls), and the finished runs to
+# OUT/<name>_runs.tgz. Environment: SHARED (../shared/data beside the checkout), DATASETS (the experiments run:
+# "synthetic fraser"), JOBS_SYNTHETIC (8), JOBS_FRASER (4), RECIPE_EXTRA (experiment overrides added to both, e.g.
+# "experiment.channels_last=true"), DEVICE (cuda), STAGES (tests bench speed experiments: any of them, in this order),
+# BENCH_ARGS (run.py's projection and compile mode: "--batch auto --epoch-days 1000 --compile reduce-overhead
+# --projection-compile reduce-overhead").
 set -uo pipefail
 out=${1:?output directory}
 seconds=${2:-540}
@@ -47,6 +49,9 @@ esac
 case " $stages " in *" experiments "*)
   base="experiment.batch_size=64 experiment.lr=0.003 experiment.ema_warmup=true experiment.schedule=cosine"
   for name in ${DATASETS:-synthetic fraser}; do
+    if [ -n "${GENERATORS:-}" ] && [ -d "$GENERATORS/$name/generator" ] && [ ! -e "$work/$name/generator" ]; then
+      mkdir -p "$work/$name" && cp -r "$GENERATORS/$name/generator" "$work/$name/"
+    fi
     jobs=JOBS_${name^^}
     [ "$name" = synthetic ] && default_jobs=8 || default_jobs=4
     DEVICE=$device JOBS=${!jobs:-$default_jobs} RECIPE="$base ${RECIPE_EXTRA:-}" \
@@ -62,6 +67,8 @@ case " $stages " in *" experiments "*)
     for f in experiment.md experiment.json; do
       [ -f "$work/$name/experiment/$f" ] && cp "$work/$name/experiment/$f" "$out/${name}_$f"
     done
+    # the finished runs too (scores, settings, cost and map of each), also when the deadline stopped the rest
+    [ -d "$work/$name/experiment/runs" ] && tar czf "$out/${name}_runs.tgz" -C "$work/$name/experiment" runs
   done ;;
 esac
 echo "[$(($(date +%s) - start)) s] done; results in $out"
