@@ -187,7 +187,8 @@ class PreparedData:
     def matches_metadata_sha256(self, recorded: str) -> bool:
         """Whether a recorded metadata hash names this dataset: :attr:`metadata_sha256`, or the whole folder's
         (:attr:`_whole_metadata_sha256`)."""
-        return recorded in (self.metadata_sha256, self._whole_metadata_sha256)
+        # the whole folder is hashed only when the record is not this dataset's current hash
+        return recorded == self.metadata_sha256 or recorded == self._whole_metadata_sha256
 
     def check_days(self, ids: list[int]) -> None:
         """Refuse a dataset edited by hand before any work starts: every day of ``ids`` must have its two files,
