@@ -48,24 +48,25 @@ case " $stages " in *" speed "*)
 esac
 case " $stages " in *" experiments "*)
   base="experiment.batch_size=64 experiment.lr=0.003 experiment.ema_warmup=true experiment.schedule=cosine"
-  for name in ${DATASETS:-synthetic fraser}; do
+  datasets=$(echo ${DATASETS:-synthetic fraser})  # the names, one space apart
+  for name in $datasets; do
     if [ -n "${GENERATORS:-}" ] && [ -d "$GENERATORS/$name/generator" ] && [ ! -e "$work/$name/generator" ]; then
       mkdir -p "$work/$name" && cp -r "$GENERATORS/$name/generator" "$work/$name/"
     fi
     jobs=JOBS_${name^^}
     # Fraser alone: 16 runs at once finished 0.068 runs/s on an H100, 12 at once 0.065 (README)
-    if [ "$name" = synthetic ]; then default_jobs=8; elif [ "${DATASETS:-}" = fraser ]; then default_jobs=16
+    if [ "$name" = synthetic ]; then default_jobs=8; elif [ "$datasets" = fraser ]; then default_jobs=16
     else default_jobs=4; fi
     DEVICE=$device JOBS=${!jobs:-$default_jobs} RECIPE="$base ${RECIPE_EXTRA:-}" \
       timeout -k 10 "$(left)" bash benchmarks/downstream.sh "$name" "$work/$name" > "$out/$name.log" 2>&1 &
   done
   while [ "$(jobs -r | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do
     sleep 30
-    echo "[$(($(date +%s) - start)) s] runs finished: $(for name in ${DATASETS:-synthetic fraser}; do
+    echo "[$(($(date +%s) - start)) s] runs finished: $(for name in $datasets; do
       echo -n "$name $(ls "$work/$name"/experiment/runs/*_seed?.json 2>/dev/null | wc -l) "; done)"
   done
   wait
-  for name in ${DATASETS:-synthetic fraser}; do  # the reports come back with OUT (WORK may stay on the machine)
+  for name in $datasets; do  # the reports come back with OUT (WORK may stay on the machine)
     for f in experiment.md experiment.json; do
       [ -f "$work/$name/experiment/$f" ] && cp "$work/$name/experiment/$f" "$out/${name}_$f"
     done
